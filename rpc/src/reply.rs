@@ -1,0 +1,138 @@
+//! Replies: `0\0` + body, or `2\0` + exception type + `\0\0` + message + `\0`.
+
+use std::fmt;
+
+/// Exception type names that stock clients (`qubesadmin`) map to classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExceptionKind {
+    PermissionDenied,
+    ProtocolError,
+    DeviceNotFound,
+    DeviceAlreadyAssigned,
+    DeviceNotAssigned,
+    DeviceAlreadyAttached,
+    QubesVMNotFoundError,
+    QubesVMNotHaltedError,
+    QubesVMNotRunningError,
+    QubesValueError,
+    QubesException,
+}
+
+impl ExceptionKind {
+    pub const ALL: [ExceptionKind; 11] = [
+        ExceptionKind::PermissionDenied,
+        ExceptionKind::ProtocolError,
+        ExceptionKind::DeviceNotFound,
+        ExceptionKind::DeviceAlreadyAssigned,
+        ExceptionKind::DeviceNotAssigned,
+        ExceptionKind::DeviceAlreadyAttached,
+        ExceptionKind::QubesVMNotFoundError,
+        ExceptionKind::QubesVMNotHaltedError,
+        ExceptionKind::QubesVMNotRunningError,
+        ExceptionKind::QubesValueError,
+        ExceptionKind::QubesException,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExceptionKind::PermissionDenied => "PermissionDenied",
+            ExceptionKind::ProtocolError => "ProtocolError",
+            ExceptionKind::DeviceNotFound => "DeviceNotFound",
+            ExceptionKind::DeviceAlreadyAssigned => "DeviceAlreadyAssigned",
+            ExceptionKind::DeviceNotAssigned => "DeviceNotAssigned",
+            ExceptionKind::DeviceAlreadyAttached => "DeviceAlreadyAttached",
+            ExceptionKind::QubesVMNotFoundError => "QubesVMNotFoundError",
+            ExceptionKind::QubesVMNotHaltedError => "QubesVMNotHaltedError",
+            ExceptionKind::QubesVMNotRunningError => "QubesVMNotRunningError",
+            ExceptionKind::QubesValueError => "QubesValueError",
+            ExceptionKind::QubesException => "QubesException",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ExceptionKind> {
+        ExceptionKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for ExceptionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A reply to one call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Ok(Vec<u8>),
+    Err { kind: ExceptionKind, message: String },
+}
+
+impl Reply {
+    pub fn error(kind: ExceptionKind, message: impl Into<String>) -> Reply {
+        Reply::Err { kind, message: message.into() }
+    }
+
+    /// The type digit: 0 for success, 2 for an exception.
+    pub fn code(&self) -> u8 {
+        match self {
+            Reply::Ok(_) => 0,
+            Reply::Err { .. } => 2,
+        }
+    }
+
+    /// The bytes on the wire. An error message never carries NUL (it would
+    /// cut the frame), and `%` is doubled because the client formats the
+    /// message with `%` before showing it.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Reply::Ok(body) => {
+                let mut out = Vec::with_capacity(body.len() + 2);
+                out.extend_from_slice(b"0\0");
+                out.extend_from_slice(body);
+                out
+            }
+            Reply::Err { kind, message } => {
+                let message = message.replace('\0', " ").replace('%', "%%");
+                format!("2\0{}\0\0{}\0", kind.name(), message).into_bytes()
+            }
+        }
+    }
+
+    /// Parses a reply, as a client does (for tests and the client tool).
+    pub fn decode(bytes: &[u8]) -> Option<Reply> {
+        if let Some(body) = bytes.strip_prefix(b"0\0") {
+            return Some(Reply::Ok(body.to_vec()));
+        }
+        let rest = bytes.strip_prefix(b"2\0")?;
+        let mut parts = rest.splitn(4, |&b| b == 0);
+        let kind = ExceptionKind::from_name(std::str::from_utf8(parts.next()?).ok()?)?;
+        let _traceback = parts.next()?;
+        let message = String::from_utf8_lossy(parts.next()?).replace("%%", "%");
+        (parts.next()? == b"").then_some(Reply::Err { kind, message })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_bytes() {
+        assert_eq!(Reply::Ok(b"x\n".to_vec()).encode(), b"0\0x\n");
+        assert_eq!(Reply::Ok(vec![]).encode(), b"0\0");
+        assert_eq!(
+            Reply::error(ExceptionKind::DeviceNotAssigned, "pci device 00_14.0 not attached to work").encode(),
+            b"2\0DeviceNotAssigned\0\0pci device 00_14.0 not attached to work\0"
+        );
+        assert_eq!(Reply::error(ExceptionKind::QubesException, "100% a\0b").encode(), b"2\0QubesException\0\0100%% a b\0");
+    }
+
+    #[test]
+    fn decode_roundtrip() {
+        for r in [Reply::Ok(b"a\0b".to_vec()), Reply::error(ExceptionKind::ProtocolError, "bad 50%")] {
+            assert_eq!(Reply::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(Reply::decode(b""), None);
+        assert_eq!(Reply::decode(b"2\0Nope\0\0m\0"), None);
+    }
+}
