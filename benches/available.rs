@@ -1,1 +1,96 @@
-fn main(){}
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+//! `Available` latency in exec mode on a fake sysfs of 256 devices, against
+//! spawning `/bin/true` the same way (same environment, piped stdio), in
+//! one run. `cargo bench --bench available`.
+
+#[path = "../tests/common/fakesys.rs"]
+mod fakesys;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qubes-pci-admin");
+const ROUNDS: usize = 300;
+
+fn spawn_once(program: &std::path::Path, envs: &[(&str, String)]) -> (Duration, usize) {
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .env_clear()
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdin.take().map(|mut s| s.flush()));
+    let out = child.wait_with_output().expect("wait");
+    (start.elapsed(), out.stdout.len())
+}
+
+fn stats(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    let median = v[v.len() / 2];
+    let p90 = v[v.len() * 9 / 10];
+    let mean = v.iter().sum::<Duration>() / v.len() as u32;
+    (median, p90, mean)
+}
+
+fn main() {
+    let sys = fakesys::FakeSysfs::many(256);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let si = dir.path().join("system-info.json");
+    std::fs::write(&si, r#"{"domains": {"dom0": {"type": "AdminVM", "tags": []}}}"#).expect("write");
+    let link = dir.path().join("admin.vm.device.pci.Available");
+    std::os::unix::fs::symlink(BIN, &link).expect("symlink");
+    let small_ids = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pci.ids");
+    let base = vec![
+        ("QREXEC_REMOTE_DOMAIN", "dom0".to_owned()),
+        ("QREXEC_REQUESTED_TARGET_TYPE", "keyword".to_owned()),
+        ("QREXEC_REQUESTED_TARGET_KEYWORD", "adminvm".to_owned()),
+        ("QREXEC_SERVICE_ARGUMENT", String::new()),
+        ("QUBES_PCI_ADMIN_SYSFS", sys.root().display().to_string()),
+        ("QUBES_PCI_ADMIN_SYSTEM_INFO", si.display().to_string()),
+        ("QUBES_PCI_ADMIN_LOG", "off".to_owned()),
+    ];
+    let mut with_file = base.clone();
+    with_file.push(("QUBES_PCI_ADMIN_PCI_IDS", small_ids.to_owned()));
+    let mut embedded = base.clone();
+    embedded.push(("QUBES_PCI_ADMIN_PCI_IDS", "/nonexistent/pci.ids".to_owned()));
+
+    let (_, bytes) = spawn_once(&link, &with_file);
+    assert!(bytes > 256 * 100, "Available returned only {bytes} bytes");
+    type Case<'a> = (&'a str, &'a std::path::Path, &'a [(&'a str, String)]);
+    let cases: [Case; 3] = [
+        ("/bin/true (spawn floor)", std::path::Path::new("/bin/true"), &base),
+        ("Available, 256 devices, pci.ids file", &link, &with_file),
+        ("Available, 256 devices, built-in pci.ids", &link, &embedded),
+    ];
+    let mut results = Vec::new();
+    // Interleave the cases so drift on the machine hits all alike.
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, prog, envs)) in cases.iter().enumerate() {
+            samples[i].push(spawn_once(prog, envs).0);
+        }
+    }
+    for ((name, _, _), s) in cases.iter().zip(samples) {
+        results.push((name, stats(s)));
+    }
+    let floor = results[0].1 .0.as_secs_f64();
+    println!("available bench: {ROUNDS} rounds each, interleaved, output {bytes} bytes");
+    println!(
+        "{:<42} {:>10} {:>10} {:>10} {:>8}",
+        "case", "median", "p90", "mean", "x floor"
+    );
+    for (name, (median, p90, mean)) in &results {
+        println!(
+            "{:<42} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>7.1}x",
+            name,
+            median.as_secs_f64() * 1e3,
+            p90.as_secs_f64() * 1e3,
+            mean.as_secs_f64() * 1e3,
+            median.as_secs_f64() / floor
+        );
+    }
+}

@@ -1,1 +1,246 @@
-fn main(){}
+//! The `qubes-pci-admin` binary: the qrexec exec service (when invoked under
+//! a method's name) and the administrator's command line.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use qubes_pci_admin::api::Service;
+use qubes_pci_admin::pci::Inventory;
+use qubes_pci_admin::{logging, Config};
+use qubes_pci_rpc::{DecodeError, ExceptionKind, Reply, UntrustedRequest, UntrustedTarget, MAX_REQUEST};
+
+#[derive(Parser)]
+#[command(
+    name = "qubes-pci-admin",
+    version,
+    about = "Qubes OS dom0 service for the admin.vm.device.pci.* Admin API"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one Admin API call as qrexec would (payload on stdin, the raw
+    /// reply on stdout, exit status = the reply's type digit).
+    Call {
+        /// The calling qube.
+        #[arg(long)]
+        source: String,
+        /// The requested target: a qube name, or @adminvm.
+        #[arg(long)]
+        target: String,
+        /// METHOD[+ARG], e.g. admin.vm.device.pci.Available
+        method: String,
+    },
+    /// Answer one qrexec socket-service connection on stdin/stdout (the
+    /// header, a NUL, the payload; then the reply), as under systemd's
+    /// `Accept=yes`.
+    ServeConnection,
+    /// List dom0's PCI devices, like qvm-pci.
+    List {
+        /// One JSON object per device, in an array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let base = Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if base.starts_with("admin.") {
+        return exec_service(&argv0);
+    }
+    logging::init("warn");
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("qubes-pci-admin: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads at most `MAX_REQUEST` bytes; more is a `TooLong` error, and the
+/// rest is never read into memory.
+fn read_capped(r: impl Read) -> std::io::Result<Result<Vec<u8>, DecodeError>> {
+    let mut buf = Vec::new();
+    r.take(MAX_REQUEST as u64 + 1).read_to_end(&mut buf)?;
+    Ok(if buf.len() > MAX_REQUEST {
+        Err(DecodeError::TooLong)
+    } else {
+        Ok(buf)
+    })
+}
+
+/// Runs the handler, turning a panic (a bug) into a typed reply.
+fn answer(svc: &Service, req: Result<UntrustedRequest, DecodeError>) -> Reply {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.handle(req))).unwrap_or_else(|_| {
+        Reply::error(
+            ExceptionKind::QubesException,
+            "internal error in qubes-pci-admin; see the dom0 journal",
+        )
+    })
+}
+
+/// Exec-service mode: qrexec ran `/etc/qubes-rpc/<method>`. The reply is
+/// always written and the exit status is 0 whenever it was, because
+/// qubesadmin discards the reply of a service that exits non-zero.
+fn exec_service(argv0: &str) -> ExitCode {
+    logging::init("info");
+    let reply = match Config::from_env() {
+        Err(e) => Reply::error(
+            ExceptionKind::QubesException,
+            format!("bad qubes-pci-admin settings: {e}"),
+        ),
+        Ok(config) => {
+            let svc = Service::new(config);
+            let argv1 = std::env::args().nth(1);
+            let request = match read_capped(std::io::stdin().lock()) {
+                Err(e) => Err(DecodeError::Framing(if e.kind() == std::io::ErrorKind::InvalidData {
+                    "unreadable payload"
+                } else {
+                    "cannot read the payload"
+                })),
+                Ok(payload) => payload
+                    .and_then(|p| UntrustedRequest::decode_exec(argv0, argv1.as_deref(), |k| std::env::var(k).ok(), p)),
+            };
+            answer(&svc, request)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&reply.encode()).and_then(|_| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let svc = Service::new(cli.config);
+    match cli.command {
+        Command::Call { source, target, method } => {
+            let request = read_capped(std::io::stdin().lock())
+                .context("reading the payload from stdin")?
+                .map(|payload| {
+                    let (m, a) = method.split_once('+').unwrap_or((&method, ""));
+                    let untrusted_target = match target.strip_prefix('@') {
+                        Some(k) => UntrustedTarget::Keyword(k.to_owned()),
+                        None => UntrustedTarget::Name(target.clone()),
+                    };
+                    UntrustedRequest {
+                        untrusted_method: m.to_owned(),
+                        untrusted_arg: a.to_owned(),
+                        untrusted_source: source.clone(),
+                        untrusted_target,
+                        untrusted_payload: payload,
+                    }
+                });
+            let reply = answer(&svc, request);
+            std::io::stdout()
+                .write_all(&reply.encode())
+                .context("writing the reply")?;
+            Ok(ExitCode::from(reply.code()))
+        }
+        Command::ServeConnection => {
+            let request = read_capped(std::io::stdin().lock())
+                .context("reading the request from stdin")?
+                .and_then(|buf| UntrustedRequest::decode_socket(&buf));
+            let reply = answer(&svc, request);
+            std::io::stdout()
+                .write_all(&reply.encode())
+                .context("writing the reply")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { json } => {
+            list(&svc, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
+    let inventory = Inventory::scan(&svc.config.sysfs)?;
+    let infos = qubes_pci_admin::api::device_infos(&inventory, svc.config.pci_ids.as_deref(), None);
+    let rows: Vec<serde_json::Value> = infos
+        .iter()
+        .map(|i| {
+            let data: serde_json::Map<String, serde_json::Value> = i
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let class = data
+                .get("class_name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("Unknown device");
+            let description = format!(
+                "{class}: {} {}",
+                i.vendor.as_deref().unwrap_or("unknown vendor"),
+                i.product.as_deref().unwrap_or("unknown device")
+            );
+            serde_json::json!({
+                "backend": i.backend.as_str(),
+                "port_id": i.port.to_string(),
+                "device_id": i.device_id.to_string(),
+                "description": description,
+                "vendor": i.vendor,
+                "product": i.product,
+                "data": data,
+                "used_by": [],
+            })
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let table: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let sbdf = r
+                .get("data")
+                .and_then(|d| d.get("sbdf"))
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            [
+                format!("{}:{}", s("backend"), s("port_id")),
+                sbdf.to_owned(),
+                s("description"),
+                String::new(),
+            ]
+        })
+        .collect();
+    let header = [
+        "BACKEND:DEVID".to_owned(),
+        "SBDF".to_owned(),
+        "DESCRIPTION".to_owned(),
+        "USED BY".to_owned(),
+    ];
+    let widths: Vec<usize> = (0..4)
+        .map(|c| {
+            std::iter::once(&header)
+                .chain(&table)
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&table) {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}

@@ -115,7 +115,12 @@ impl Assignment {
                 other => return Err(DecodeError::UnknownProperty(other.to_owned())),
             }
         }
-        Ok(Assignment { device, frontend, mode, options: parsed.options })
+        Ok(Assignment {
+            device,
+            frontend,
+            mode,
+            options: parsed.options,
+        })
     }
 
     /// The concrete port, when the assignment names one.
@@ -151,7 +156,11 @@ mod tests {
 
     #[test]
     fn payload_narrows_wildcard_device() {
-        let a = Assignment::deserialize(b"device_id='0x8086:0x8cb1::p0c0330' mode='required'", &dev("dom0+00_14.0+_")).unwrap();
+        let a = Assignment::deserialize(
+            b"device_id='0x8086:0x8cb1::p0c0330' mode='required'",
+            &dev("dom0+00_14.0+_"),
+        )
+        .unwrap();
         assert_eq!(a.device.device_id.to_string(), "0x8086:0x8cb1::p0c0330");
         assert_eq!(a.mode, AssignmentMode::Required);
     }
@@ -168,7 +177,11 @@ mod tests {
             b"frontend_domain='../x'",
             b"color='red'",
         ] {
-            assert!(Assignment::deserialize(p, &d).is_err(), "{}", String::from_utf8_lossy(p));
+            assert!(
+                Assignment::deserialize(p, &d).is_err(),
+                "{}",
+                String::from_utf8_lossy(p)
+            );
         }
         assert_eq!(Assignment::deserialize(b"", &d).unwrap().mode, AssignmentMode::Manual);
     }

@@ -76,7 +76,11 @@ impl DeviceRef {
             "" | "_" => Wild::Any,
             d => Wild::Is(DeviceId::parse(&qarg_devid_unmangle(d))?),
         };
-        Ok(DeviceRef { backend, port, device_id })
+        Ok(DeviceRef {
+            backend,
+            port,
+            device_id,
+        })
     }
 
     /// The qrexec-argument form (`:` → `+`, `*` → `_`).
@@ -183,7 +187,10 @@ impl DeviceInfo {
 /// Names from pci.ids may hold non-ASCII characters, which the wire format
 /// cannot carry, or end in `=`, which it cannot parse back: replace them.
 pub fn sanitize_value(v: &str) -> String {
-    let mut s: String = v.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).collect();
+    let mut s: String = v
+        .chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect();
     if s.ends_with('=') {
         s.pop();
         s.push('?');
@@ -218,7 +225,16 @@ mod tests {
 
     #[test]
     fn qarg_rejects() {
-        for a in ["", "dom0", "+00_14.0", "_+00_14.0", "dom0+00_14", "dom0+..+_", "dom0+00_14.0+0x8086", "dom0+00_14.0+0x8086+0x8cb1++p0c033"] {
+        for a in [
+            "",
+            "dom0",
+            "+00_14.0",
+            "_+00_14.0",
+            "dom0+00_14",
+            "dom0+..+_",
+            "dom0+00_14.0+0x8086",
+            "dom0+00_14.0+0x8086+0x8cb1++p0c033",
+        ] {
             assert!(DeviceRef::from_qarg(a).is_err(), "{a:?}");
         }
     }
@@ -240,13 +256,19 @@ mod tests {
     }
 
     fn path() -> impl Strategy<Value = PciPath> {
-        (any::<u16>(), proptest::collection::vec((any::<u8>(), 0u8..0x20, 0u8..8), 1..4)).prop_map(|(s, h)| {
-            PciPath::new(
-                s,
-                h.into_iter().map(|(bus, device, function)| crate::ident::PathHop { bus, device, function }).collect(),
-            )
-            .unwrap()
-        })
+        (
+            any::<u16>(),
+            proptest::collection::vec((any::<u8>(), 0u8..0x20, 0u8..8), 1..4),
+        )
+            .prop_map(|(s, h)| {
+                PciPath::new(
+                    s,
+                    h.into_iter()
+                        .map(|(bus, device, function)| crate::ident::PathHop { bus, device, function })
+                        .collect(),
+                )
+                .unwrap()
+            })
     }
 
     fn devid() -> impl Strategy<Value = DeviceId> {

@@ -27,7 +27,12 @@ pub struct Sbdf {
 impl Sbdf {
     /// Builds an address, checking the device (< 0x20) and function (< 8) ranges.
     pub fn new(segment: u16, bus: u8, device: u8, function: u8) -> Option<Sbdf> {
-        (device < 0x20 && function < 8).then_some(Sbdf { segment, bus, device, function })
+        (device < 0x20 && function < 8).then_some(Sbdf {
+            segment,
+            bus,
+            device,
+            function,
+        })
     }
 
     /// Parses `SSSS:BB:DD.F` or `BB:DD.F` (lower-case hex; `_` may replace `:`).
@@ -55,7 +60,11 @@ impl Sbdf {
 
 impl fmt::Display for Sbdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04x}:{:02x}:{:02x}.{:x}", self.segment, self.bus, self.device, self.function)
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.segment, self.bus, self.device, self.function
+        )
     }
 }
 
@@ -91,7 +100,11 @@ impl PciPath {
     /// The first hop (on the root bus).
     pub fn root(&self) -> PathHop {
         // `hops` is never empty by construction.
-        self.hops.first().copied().unwrap_or(PathHop { bus: 0, device: 0, function: 0 })
+        self.hops.first().copied().unwrap_or(PathHop {
+            bus: 0,
+            device: 0,
+            function: 0,
+        })
     }
 
     /// Parses a PCI path. Lower-case hex only, device < 0x20, function < 8.
@@ -172,11 +185,14 @@ impl Interface {
 
     /// Splits a concatenation of 7-character codes.
     pub fn parse_bulk(untrusted: &str) -> Result<Vec<Interface>, DecodeError> {
-        if untrusted.len() % 7 != 0 || !untrusted.is_ascii() {
+        if !untrusted.len().is_multiple_of(7) || !untrusted.is_ascii() {
             return Err(DecodeError::InvalidInterface(untrusted.to_owned()));
         }
         let chars: Vec<char> = untrusted.chars().collect();
-        chars.chunks(7).map(|c| Interface::parse(&c.iter().collect::<String>())).collect()
+        chars
+            .chunks(7)
+            .map(|c| Interface::parse(&c.iter().collect::<String>()))
+            .collect()
     }
 
     pub fn as_str(&self) -> &str {
@@ -201,7 +217,9 @@ pub struct DeviceId {
 }
 
 fn id_part_ok(s: &str) -> bool {
-    s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl DeviceId {
@@ -344,10 +362,30 @@ mod tests {
 
     #[test]
     fn path_forms() {
-        for p in ["00_14.0", "00_08.1-00_00.0", "c0_03.5-00_00.0-00_00.0", "0001_00_02.0", "0001_00_02.0-01_00.7"] {
+        for p in [
+            "00_14.0",
+            "00_08.1-00_00.0",
+            "c0_03.5-00_00.0-00_00.0",
+            "0001_00_02.0",
+            "0001_00_02.0-01_00.7",
+        ] {
             assert_eq!(PciPath::parse(p).unwrap().to_string(), p);
         }
-        for p in ["", "00_14", "00_14.8", "00_20.0", "00_14.0-", "-00_14.0", "0000_00_14.0x", "00:14.0", "00_14.0/..", "../00_14.0", "00_14.0-0000_00_00.0", "00_1G.0", "00_14.0 "] {
+        for p in [
+            "",
+            "00_14",
+            "00_14.8",
+            "00_20.0",
+            "00_14.0-",
+            "-00_14.0",
+            "0000_00_14.0x",
+            "00:14.0",
+            "00_14.0/..",
+            "../00_14.0",
+            "00_14.0-0000_00_00.0",
+            "00_1G.0",
+            "00_14.0 ",
+        ] {
             assert!(PciPath::parse(p).is_err(), "{p:?} accepted");
         }
         // The `0000_` segment prefix is accepted on input and dropped on output.
@@ -359,7 +397,10 @@ mod tests {
         let d = DeviceId::parse("0x8086:0x8cb1::p0c0330").unwrap();
         assert_eq!(d, DeviceId::pci(0x8086, 0x8cb1, Some(0x0c0330)));
         assert_eq!(d.to_string(), "0x8086:0x8cb1::p0c0330");
-        assert_eq!(DeviceId::parse("0000:0000::?******").unwrap().to_string(), "0000:0000::?******");
+        assert_eq!(
+            DeviceId::parse("0000:0000::?******").unwrap().to_string(),
+            "0000:0000::?******"
+        );
         assert!(DeviceId::parse("0x8086:0x8cb1:p0c0330").is_err());
         assert!(DeviceId::parse("0x8086:0x8cb1::p0c033").is_err());
         assert!(DeviceId::parse("0x80/6:0x8cb1::p0c0330").is_err());
@@ -369,10 +410,23 @@ mod tests {
     fn qube_names() {
         assert!(QubeName::parse("sys-net").is_ok());
         assert!(QubeName::parse("dom0").is_ok());
-        for n in ["", "1abc", "a b", "none", "default", "Domain-0", "x-dm", "a/b", &"a".repeat(32)] {
+        for n in [
+            "",
+            "1abc",
+            "a b",
+            "none",
+            "default",
+            "Domain-0",
+            "x-dm",
+            "a/b",
+            &"a".repeat(32),
+        ] {
             assert!(QubeName::parse(n).is_err(), "{n:?}");
         }
-        assert!(matches!(QubeRef::parse("uuid:00000000-0000-0000-0000-000000000000"), Ok(QubeRef::Uuid(_))));
+        assert!(matches!(
+            QubeRef::parse("uuid:00000000-0000-0000-0000-000000000000"),
+            Ok(QubeRef::Uuid(_))
+        ));
         assert!(QubeRef::parse("uuid:0000").is_err());
     }
 }

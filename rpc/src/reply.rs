@@ -69,7 +69,10 @@ pub enum Reply {
 
 impl Reply {
     pub fn error(kind: ExceptionKind, message: impl Into<String>) -> Reply {
-        Reply::Err { kind, message: message.into() }
+        Reply::Err {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// The type digit: 0 for success, 2 for an exception.
@@ -121,15 +124,25 @@ mod tests {
         assert_eq!(Reply::Ok(b"x\n".to_vec()).encode(), b"0\0x\n");
         assert_eq!(Reply::Ok(vec![]).encode(), b"0\0");
         assert_eq!(
-            Reply::error(ExceptionKind::DeviceNotAssigned, "pci device 00_14.0 not attached to work").encode(),
+            Reply::error(
+                ExceptionKind::DeviceNotAssigned,
+                "pci device 00_14.0 not attached to work"
+            )
+            .encode(),
             b"2\0DeviceNotAssigned\0\0pci device 00_14.0 not attached to work\0"
         );
-        assert_eq!(Reply::error(ExceptionKind::QubesException, "100% a\0b").encode(), b"2\0QubesException\0\0100%% a b\0");
+        assert_eq!(
+            Reply::error(ExceptionKind::QubesException, "100% a\0b").encode(),
+            b"2\0QubesException\0\x00100%% a b\0"
+        );
     }
 
     #[test]
     fn decode_roundtrip() {
-        for r in [Reply::Ok(b"a\0b".to_vec()), Reply::error(ExceptionKind::ProtocolError, "bad 50%")] {
+        for r in [
+            Reply::Ok(b"a\0b".to_vec()),
+            Reply::error(ExceptionKind::ProtocolError, "bad 50%"),
+        ] {
             assert_eq!(Reply::decode(&r.encode()), Some(r));
         }
         assert_eq!(Reply::decode(b""), None);

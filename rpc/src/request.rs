@@ -124,9 +124,11 @@ impl UntrustedRequest {
             UntrustedTarget::Name(n) => ("name", n),
             UntrustedTarget::Keyword(k) => ("keyword", k),
         };
-        let mut out =
-            format!("{}+{} {} {} {}\0", self.untrusted_method, self.untrusted_arg, self.untrusted_source, ty, dest)
-                .into_bytes();
+        let mut out = format!(
+            "{}+{} {} {} {}\0",
+            self.untrusted_method, self.untrusted_arg, self.untrusted_source, ty, dest
+        )
+        .into_bytes();
         out.extend_from_slice(&self.untrusted_payload);
         out
     }
@@ -155,11 +157,14 @@ impl UntrustedRequest {
         let target_type = env("QREXEC_REQUESTED_TARGET_TYPE").unwrap_or_default();
         let target = if target_type == "keyword" {
             UntrustedTarget::Keyword(
-                env("QREXEC_REQUESTED_TARGET_KEYWORD").ok_or(DecodeError::MissingEnv("QREXEC_REQUESTED_TARGET_KEYWORD"))?,
+                env("QREXEC_REQUESTED_TARGET_KEYWORD")
+                    .ok_or(DecodeError::MissingEnv("QREXEC_REQUESTED_TARGET_KEYWORD"))?,
             )
         } else {
             // `name`, or unset as when dom0's qubesadmin runs the service itself.
-            UntrustedTarget::Name(env("QREXEC_REQUESTED_TARGET").ok_or(DecodeError::MissingEnv("QREXEC_REQUESTED_TARGET"))?)
+            UntrustedTarget::Name(
+                env("QREXEC_REQUESTED_TARGET").ok_or(DecodeError::MissingEnv("QREXEC_REQUESTED_TARGET"))?,
+            )
         };
         Ok(UntrustedRequest {
             untrusted_method: method,
@@ -174,7 +179,10 @@ impl UntrustedRequest {
     pub fn validate(self) -> Result<Request, DecodeError> {
         let method = Method::parse(&self.untrusted_method)?;
         let arg_ok = self.untrusted_arg.len() <= MAX_SERVICE_ARG
-            && self.untrusted_arg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'));
+            && self
+                .untrusted_arg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'));
         if !arg_ok {
             return Err(DecodeError::InvalidArgChars);
         }
@@ -186,7 +194,13 @@ impl UntrustedRequest {
             }
             UntrustedTarget::Name(n) => Target::Qube(QubeRef::parse(n)?),
         };
-        Ok(Request { method, untrusted_arg: self.untrusted_arg, source, target, untrusted_payload: self.untrusted_payload })
+        Ok(Request {
+            method,
+            untrusted_arg: self.untrusted_arg,
+            source,
+            target,
+            untrusted_payload: self.untrusted_payload,
+        })
     }
 }
 
@@ -206,7 +220,10 @@ mod tests {
         assert_eq!(v.target, Target::AdminVm);
         assert!(v.target.is_dom0());
 
-        let r = UntrustedRequest::decode_socket(b"admin.vm.device.pci.Assign+dom0+00_14.0+_ mgmt name work\0mode='required'\0x").unwrap();
+        let r = UntrustedRequest::decode_socket(
+            b"admin.vm.device.pci.Assign+dom0+00_14.0+_ mgmt name work\0mode='required'\0x",
+        )
+        .unwrap();
         assert_eq!(r.untrusted_arg, "dom0+00_14.0+_");
         assert_eq!(r.untrusted_payload, b"mode='required'\0x");
         assert_eq!(UntrustedRequest::decode_socket(&r.encode_socket()).unwrap(), r);
@@ -220,7 +237,10 @@ mod tests {
             b"admin.vm.device.pci.Available+ dom0 other dom0\0",
             b"admin.vm.device.pci.Available+ dom\xff0 name dom0\0",
         ] {
-            assert!(matches!(UntrustedRequest::decode_socket(bad), Err(DecodeError::Framing(_))));
+            assert!(matches!(
+                UntrustedRequest::decode_socket(bad),
+                Err(DecodeError::Framing(_))
+            ));
         }
         let big = vec![b'a'; MAX_REQUEST + 1];
         assert_eq!(UntrustedRequest::decode_socket(&big), Err(DecodeError::TooLong));
@@ -254,10 +274,15 @@ mod tests {
         .into_iter()
         .collect();
         let get = |k: &str| env.get(k).map(|v| v.to_string());
-        let r = UntrustedRequest::decode_exec("/etc/qubes-rpc/admin.vm.device.pci.Unassign", Some("dom0+00_14.0"), get, vec![])
-            .unwrap()
-            .validate()
-            .unwrap();
+        let r = UntrustedRequest::decode_exec(
+            "/etc/qubes-rpc/admin.vm.device.pci.Unassign",
+            Some("dom0+00_14.0"),
+            get,
+            vec![],
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
         assert_eq!(r.method, Method::Unassign);
         assert_eq!(r.untrusted_arg, "dom0+00_14.0");
         assert_eq!(r.target.to_string(), "work");

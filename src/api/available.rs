@@ -1,0 +1,97 @@
+//! `admin.vm.device.pci.Available`: dom0's PCI devices.
+
+use std::collections::BTreeSet;
+
+use qubes_pci_rpc::{DeviceId, DeviceInfo, PciPath, QubeName};
+
+use super::{Arg, Call, Service};
+use crate::error::ApiError;
+use crate::pci::{Inventory, PciDevice, PciNames};
+
+pub(super) fn handle(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
+    let filter = match &call.arg {
+        Arg::Port(p) => Some(p),
+        _ => None,
+    };
+    // Only dom0 exposes PCI devices.
+    if !call.dest_is_dom0() {
+        return Ok(Vec::new());
+    }
+    let inventory = Inventory::scan(&svc.config.sysfs)?;
+    let infos = device_infos(&inventory, svc.config.pci_ids.as_deref(), filter);
+    let mut lines: Vec<String> = infos.iter().map(|i| i.to_line()).collect::<Result<_, _>>()?;
+    lines.sort();
+    Ok(lines.concat().into_bytes())
+}
+
+/// The `Available` view of the inventory, optionally of one port.
+pub fn device_infos(
+    inventory: &Inventory,
+    pci_ids: Option<&std::path::Path>,
+    port: Option<&PciPath>,
+) -> Vec<DeviceInfo> {
+    let selected: Vec<&PciDevice> = inventory
+        .devices
+        .iter()
+        .filter(|d| port.is_none_or(|p| &d.port == p))
+        .collect();
+    let wanted: BTreeSet<(u16, u16)> = selected
+        .iter()
+        .filter_map(|d| Some((d.vendor?, d.device.unwrap_or_default())))
+        .collect();
+    let names = if selected.is_empty() {
+        None
+    } else {
+        Some(PciNames::load(pci_ids, &wanted))
+    };
+    selected
+        .into_iter()
+        .filter_map(|d| names.as_ref().map(|n| describe(inventory, d, n)))
+        .collect()
+}
+
+/// One device as `Available` lists it, with the extra `_` keys a GUI or a
+/// script needs to warn before a start fails.
+pub fn describe(inventory: &Inventory, dev: &PciDevice, names: &PciNames) -> DeviceInfo {
+    let device_id = DeviceId::pci(
+        dev.vendor.unwrap_or_default(),
+        dev.device.unwrap_or_default(),
+        dev.class,
+    );
+    let vendor = dev.vendor.and_then(|v| names.vendor(v));
+    let product = dev.vendor.zip(dev.device).and_then(|(v, d)| names.device(v, d));
+    let mut data = vec![("sbdf".to_owned(), dev.sbdf.to_string())];
+    if let Some(class) = dev.class {
+        if let Some(name) = names.class((class >> 16) as u8, (class >> 8) as u8) {
+            data.push(("class_name".to_owned(), name));
+        }
+    }
+    if let Some(driver) = &dev.driver {
+        data.push(("driver".to_owned(), driver.clone()));
+    }
+    data.push(("reset_method".to_owned(), dev.reset.describe()));
+    let siblings: Vec<String> = inventory.siblings(dev).map(|s| s.port.to_string()).collect();
+    if !siblings.is_empty() {
+        data.push(("functions".to_owned(), siblings.join(" ")));
+    }
+    if dev.is_bridge() {
+        data.push(("bridge".to_owned(), "True".to_owned()));
+    }
+    if let Some((v, d)) = dev.subsystem {
+        data.push(("subsystem".to_owned(), format!("0x{v:04x}:0x{d:04x}")));
+    }
+    if let Some(r) = dev.revision {
+        data.push(("revision".to_owned(), format!("0x{r:02x}")));
+    }
+    if !dev.problems.is_empty() {
+        data.push(("unreadable".to_owned(), dev.problems.join("; ")));
+    }
+    DeviceInfo {
+        backend: QubeName::dom0(),
+        port: dev.port.clone(),
+        device_id,
+        vendor,
+        product,
+        data,
+    }
+}

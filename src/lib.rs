@@ -1,0 +1,12 @@
+//! qubes-pci-admin: the dom0 service answering `admin.vm.device.pci.*`.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod pci;
+pub mod policy;
+pub mod sysinfo;
+
+pub use config::Config;
+pub use error::ApiError;

@@ -1,0 +1,7 @@
+//! dom0's PCI devices: the sysfs inventory, PCI paths and pci.ids names.
+
+pub mod names;
+pub mod sysfs;
+
+pub use names::PciNames;
+pub use sysfs::{Inventory, PciDevice, Reset, SysfsError};

@@ -1,0 +1,287 @@
+//! Reading PCI devices from a sysfs tree (`/sys` or a test copy).
+//!
+//! Only names that passed [`Sbdf::parse`] are ever joined onto the root, so
+//! nothing a caller sends can point outside it.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use qubes_pci_rpc::{PathHop, PciPath, Sbdf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysfsError {
+    #[error("cannot list {path}: {source} (is --sysfs pointing at a sysfs tree?)")]
+    List { path: PathBuf, source: std::io::Error },
+}
+
+/// What the kernel says about resetting a function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reset {
+    /// `reset_method` lists these, in priority order (`flr`, `bus`, …).
+    Methods(Vec<String>),
+    /// A `reset` file but no `reset_method` (kernel older than 5.15).
+    Unlisted,
+    /// Neither: the kernel knows no way to reset this function.
+    None,
+}
+
+impl Reset {
+    /// The `_reset_method` value shown in `Available`.
+    pub fn describe(&self) -> String {
+        match self {
+            Reset::Methods(m) => m.join(" "),
+            Reset::Unlisted => "unknown".to_owned(),
+            Reset::None => "none".to_owned(),
+        }
+    }
+}
+
+/// One PCI function as sysfs shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciDevice {
+    pub sbdf: Sbdf,
+    pub port: PciPath,
+    pub vendor: Option<u16>,
+    pub device: Option<u16>,
+    /// 24-bit class code: class, subclass, programming interface.
+    pub class: Option<u32>,
+    pub subsystem: Option<(u16, u16)>,
+    pub revision: Option<u8>,
+    pub driver: Option<String>,
+    pub reset: Reset,
+    /// Attributes that exist but could not be read or parsed.
+    pub problems: Vec<String>,
+}
+
+impl PciDevice {
+    /// Host bridges (0x0600) and PCI-to-PCI bridges (0x0604).
+    pub fn is_bridge(&self) -> bool {
+        matches!(self.class.map(|c| c >> 8), Some(0x0600 | 0x0604))
+    }
+}
+
+/// Every PCI function, sorted by port id.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub devices: Vec<PciDevice>,
+}
+
+impl Inventory {
+    pub fn by_port(&self, port: &PciPath) -> Option<&PciDevice> {
+        self.devices.iter().find(|d| &d.port == port)
+    }
+
+    pub fn by_sbdf(&self, sbdf: &Sbdf) -> Option<&PciDevice> {
+        self.devices.iter().find(|d| &d.sbdf == sbdf)
+    }
+
+    /// The other functions of the same physical device.
+    pub fn siblings<'a>(&'a self, dev: &'a PciDevice) -> impl Iterator<Item = &'a PciDevice> + 'a {
+        self.devices
+            .iter()
+            .filter(move |d| d.sbdf != dev.sbdf && d.sbdf.same_slot(&dev.sbdf))
+    }
+
+    /// Reads every device under `<root>/bus/pci/devices`.
+    pub fn scan(root: &Path) -> Result<Inventory, SysfsError> {
+        let roots = root_buses(root)?;
+        let dir = root.join("bus/pci/devices");
+        let entries = std::fs::read_dir(&dir).map_err(|source| SysfsError::List {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut devices = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Ok(sbdf) = Sbdf::parse(name) else {
+                tracing::warn!(
+                    device = name,
+                    "skipping PCI device with an unsupported address (5-digit segment?)"
+                );
+                continue;
+            };
+            if sbdf.to_string() != name {
+                continue;
+            }
+            match read_device(root, &roots, sbdf) {
+                Ok(d) => devices.push(d),
+                Err(why) => tracing::warn!(device = %sbdf, "skipping PCI device: {why}"),
+            }
+        }
+        devices.sort_by_cached_key(|d| d.port.to_string());
+        Ok(Inventory { devices })
+    }
+}
+
+/// `(segment, bus)` of each `pciSSSS:BB` entry under `<root>/devices`.
+fn root_buses(root: &Path) -> Result<BTreeSet<(u16, u8)>, SysfsError> {
+    let dir = root.join("devices");
+    let entries = std::fs::read_dir(&dir).map_err(|source| SysfsError::List {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(parse_root_bus))
+        .collect())
+}
+
+/// Parses `pciSSSS:BB`.
+fn parse_root_bus(name: &str) -> Option<(u16, u8)> {
+    let rest = name.strip_prefix("pci")?;
+    let (seg, bus) = rest.split_once(':')?;
+    if seg.len() != 4 || bus.len() != 2 {
+        return None;
+    }
+    Some((u16::from_str_radix(seg, 16).ok()?, u8::from_str_radix(bus, 16).ok()?))
+}
+
+fn device_dir(root: &Path, sbdf: &Sbdf) -> PathBuf {
+    root.join("bus/pci/devices").join(sbdf.to_string())
+}
+
+/// The PCI path of `sbdf`: itself when it sits on a root bus, otherwise the
+/// chain of bridges from the root bus, each bus number taken relative to the
+/// parent bridge's `secondary_bus_number`.
+pub fn port_of(root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<PciPath, String> {
+    let hop = |s: &Sbdf, bus: u8| PathHop {
+        bus,
+        device: s.device,
+        function: s.function,
+    };
+    if roots.contains(&(sbdf.segment, sbdf.bus)) {
+        return PciPath::new(sbdf.segment, vec![hop(&sbdf, sbdf.bus)]).ok_or_else(|| "empty path".to_owned());
+    }
+    let link = std::fs::read_link(device_dir(root, &sbdf)).map_err(|e| format!("readlink: {e}"))?;
+    let link = link.to_string_lossy();
+    let root_prefix = format!("pci{:04x}:", sbdf.segment);
+    let mut parts = link.split('/').skip_while(|c| !c.starts_with(&root_prefix));
+    parts
+        .next()
+        .ok_or_else(|| format!("link {link} does not lead to a root bus"))?;
+    let chain: Vec<Sbdf> = parts.map_while(|c| Sbdf::parse(c).ok()).collect();
+    if chain.last() != Some(&sbdf) {
+        return Err(format!("link {link} does not end at {sbdf}"));
+    }
+    let mut hops = Vec::with_capacity(chain.len());
+    let mut offset = 0u8;
+    for (i, comp) in chain.iter().enumerate() {
+        let bus = comp
+            .bus
+            .checked_sub(offset)
+            .ok_or_else(|| format!("bus of {comp} is below its bridge's"))?;
+        hops.push(hop(comp, bus));
+        if i + 1 < chain.len() {
+            let sec = read_attr(&device_dir(root, comp), "secondary_bus_number")
+                .ok()
+                .flatten()
+                .and_then(|s| s.parse::<u8>().ok())
+                .ok_or_else(|| format!("bridge {comp} has no readable secondary_bus_number"))?;
+            offset = sec;
+        }
+    }
+    PciPath::new(sbdf.segment, hops).ok_or_else(|| "empty path".to_owned())
+}
+
+/// Reads a small attribute; `Ok(None)` when it does not exist. sysfs hands
+/// a whole attribute (at most a page) to the first `read`, so one call is
+/// enough.
+fn read_attr(dir: &Path, name: &str) -> std::io::Result<Option<String>> {
+    let mut buf = [0u8; 4096];
+    match std::fs::File::open(dir.join(name)).and_then(|mut f| f.read(&mut buf)) {
+        Ok(n) => Ok(Some(
+            String::from_utf8_lossy(buf.get(..n).unwrap_or_default())
+                .trim()
+                .to_owned(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The device's real directory: the `bus/pci/devices` link resolved
+/// lexically (sysfs directories are not links), so that each attribute
+/// open does not walk the link again. The link path itself when unreadable.
+fn real_dir(root: &Path, sbdf: &Sbdf) -> PathBuf {
+    let link_dir = device_dir(root, sbdf);
+    let Ok(target) = std::fs::read_link(&link_dir) else {
+        return link_dir;
+    };
+    let mut out = root.join("bus/pci/devices");
+    for c in target.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                if !out.pop() || !out.starts_with(root) {
+                    return link_dir;
+                }
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => return link_dir,
+        }
+    }
+    if out.starts_with(root) {
+        out
+    } else {
+        link_dir
+    }
+}
+
+fn parse_hex(s: &str) -> Option<u32> {
+    u32::from_str_radix(s.strip_prefix("0x").unwrap_or(s), 16).ok()
+}
+
+fn read_device(root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<PciDevice, String> {
+    let port = port_of(root, roots, sbdf)?;
+    let dir = real_dir(root, &sbdf);
+    let mut problems = Vec::new();
+    let mut hex = |name: &str, max: u32| -> Option<u32> {
+        match read_attr(&dir, name) {
+            Ok(Some(s)) => match parse_hex(&s).filter(|v| *v <= max) {
+                Some(v) => Some(v),
+                None => {
+                    problems.push(format!("{name}: not a hex number"));
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                None
+            }
+        }
+    };
+    let vendor = hex("vendor", 0xffff).map(|v| v as u16);
+    let device = hex("device", 0xffff).map(|v| v as u16);
+    let class = hex("class", 0xff_ffff);
+    let subsystem = match (hex("subsystem_vendor", 0xffff), hex("subsystem_device", 0xffff)) {
+        (Some(v), Some(d)) => Some((v as u16, d as u16)),
+        _ => None,
+    };
+    let revision = hex("revision", 0xff).map(|v| v as u8);
+    let driver = std::fs::read_link(dir.join("driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let reset = match read_attr(&dir, "reset_method") {
+        Ok(Some(m)) => Reset::Methods(m.split_whitespace().map(str::to_owned).collect()),
+        Ok(None) if dir.join("reset").exists() => Reset::Unlisted,
+        Ok(None) => Reset::None,
+        Err(e) => {
+            problems.push(format!("reset_method: {e}"));
+            Reset::Unlisted
+        }
+    };
+    Ok(PciDevice {
+        sbdf,
+        port,
+        vendor,
+        device,
+        class,
+        subsystem,
+        revision,
+        driver,
+        reset,
+        problems,
+    })
+}

@@ -1,0 +1,159 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+//! Hostile and malformed requests get a typed `2\0` reply, never a panic or
+//! an empty reply, in every entry mode.
+
+mod common;
+
+use common::{error_of, FakeSysfs, TestEnv, BIN};
+
+const AVAILABLE: &str = "admin.vm.device.pci.Available";
+
+fn socket(env: &TestEnv, request: &[u8]) -> std::process::Output {
+    let mut c = std::process::Command::new(BIN);
+    c.env_clear().env("QUBES_PCI_ADMIN_LOG", "off");
+    for (k, v) in env.envs() {
+        c.env(k, v);
+    }
+    c.arg("serve-connection");
+    common::run(c, request)
+}
+
+fn assert_protocol_error(out: &std::process::Output, needle: &str) {
+    let (ty, msg) = error_of(out);
+    assert_eq!(ty, "ProtocolError", "message: {msg}");
+    assert!(msg.contains(needle), "{msg:?} does not mention {needle:?}");
+}
+
+#[test]
+fn socket_framing_errors() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    assert_protocol_error(
+        &socket(&env, b"admin.vm.device.pci.Available+ dom0 name dom0"),
+        "not terminated by NUL",
+    );
+    assert_protocol_error(
+        &socket(&env, b"admin.vm.device.pci.Available+ dom0 name\0"),
+        "fewer than four fields",
+    );
+    assert_protocol_error(
+        &socket(&env, b"admin.vm.device.pci.Available+ dom0 alias dom0\0"),
+        "neither name nor keyword",
+    );
+    assert_protocol_error(
+        &socket(&env, b"admin.vm.device.pci.Available+ dom0 keyword dispvm\0"),
+        "@dispvm",
+    );
+    // The same connection, well formed, answers.
+    let ok = socket(&env, b"admin.vm.device.pci.Available+00_14.0 dom0 keyword adminvm\0");
+    assert!(common::body_of(&ok).starts_with("00_14.0:"));
+}
+
+#[test]
+fn oversized_requests_are_refused_in_every_mode() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    let big = vec![b'x'; 70_000];
+    assert_protocol_error(&env.call("dom0", "dom0", AVAILABLE, &big), "longer than 65536");
+    let exec = env.exec(AVAILABLE, "", "dom0", "dom0", &big);
+    assert_eq!(exec.status.code(), Some(0), "exec mode exits 0 after a reply");
+    assert_protocol_error(&exec, "longer than 65536");
+    let mut req = b"admin.vm.device.pci.Available+ dom0 name dom0\0".to_vec();
+    req.extend_from_slice(&big);
+    assert_protocol_error(&socket(&env, &req), "longer than 65536");
+    // Exactly at the cap is still read (and then refused for carrying a payload).
+    let at_cap = vec![b'x'; 65536];
+    assert_protocol_error(&env.call("dom0", "dom0", AVAILABLE, &at_cap), "unexpected payload");
+}
+
+#[test]
+fn unknown_methods_and_bad_arguments() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    assert_protocol_error(
+        &env.call("dom0", "dom0", "admin.vm.device.pci.List", b""),
+        "no such method",
+    );
+    assert_protocol_error(
+        &env.exec("admin.vm.device.pci.Frobnicate", "", "dom0", "dom0", b""),
+        "no such method",
+    );
+    // qrexec never passes '/', ' ' or ':' in an argument.
+    assert_protocol_error(
+        &env.call("dom0", "dom0", &format!("{AVAILABLE}+00_14.0/../../x"), b""),
+        "characters qrexec never passes",
+    );
+    assert_protocol_error(
+        &env.call("dom0", "dom0", &format!("{AVAILABLE}+00:14.0"), b""),
+        "characters qrexec never passes",
+    );
+    // Port ids that try to leave the sysfs root or are malformed.
+    for bad in ["..", "00_14.0-..", "..-00_14.0", "00_14.8", "00_14", "0000_00_20.0"] {
+        assert_protocol_error(
+            &env.call("dom0", "dom0", &format!("{AVAILABLE}+{bad}"), b""),
+            "invalid PCI port id",
+        );
+    }
+    // Device arguments with a malformed device id or port.
+    for bad in [
+        "dom0+00_14.0+0x8086",
+        "dom0+00_14.0+0x8086+0x8cb1++p0c033",
+        "dom0+..+_",
+        "-x+00_14.0",
+    ] {
+        let out = env.call("dom0", "work", &format!("admin.vm.device.pci.Unassign+{bad}"), b"");
+        assert_eq!(error_of(&out).0, "ProtocolError", "{bad}");
+    }
+}
+
+#[test]
+fn payload_and_argument_rules() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    assert_protocol_error(&env.call("dom0", "dom0", AVAILABLE, b"x"), "unexpected payload");
+    assert_protocol_error(
+        &env.call("dom0", "work", "admin.vm.device.pci.Assigned", b"x"),
+        "unexpected payload",
+    );
+    assert_protocol_error(
+        &env.call("dom0", "work", "admin.vm.device.pci.Unassign", b""),
+        "expected an argument",
+    );
+    assert_protocol_error(
+        &env.call("dom0", "work", "admin.vm.device.pci.Assign+dom0+00_14.0", b""),
+        "expected payload",
+    );
+}
+
+#[test]
+fn bad_names_and_missing_environment() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    assert_protocol_error(&env.call("../dom0", "dom0", AVAILABLE, b""), "invalid qube name");
+    assert_protocol_error(&env.call("dom0", "a b", AVAILABLE, b""), "invalid qube name");
+    // Exec mode without QREXEC_REMOTE_DOMAIN still answers.
+    let link = env.dir.path().join(AVAILABLE);
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let mut c = std::process::Command::new(&link);
+    c.env_clear().env("QUBES_PCI_ADMIN_LOG", "off");
+    let out = common::run(c, b"");
+    assert_eq!(out.status.code(), Some(0));
+    assert_protocol_error(&out, "QREXEC_REMOTE_DOMAIN");
+}
+
+#[test]
+fn non_dom0_callers_are_denied_without_a_policy() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    let out = env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"");
+    assert_eq!(out.status.code(), Some(0));
+    let (ty, msg) = error_of(&out);
+    assert_eq!(ty, "PermissionDenied");
+    assert!(msg.contains(AVAILABLE), "{msg}");
+    let call = env.call("work", "dom0", AVAILABLE, b"");
+    assert_eq!(call.status.code(), Some(2));
+    assert_eq!(error_of(&call).0, "PermissionDenied");
+}
+
+#[test]
+fn missing_system_info_is_explained() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    std::fs::remove_file(env.dir.path().join("system-info.json")).unwrap();
+    let (ty, msg) = error_of(&env.call("dom0", "dom0", AVAILABLE, b""));
+    assert_eq!(ty, "QubesException");
+    assert!(msg.contains("--system-info"), "{msg}");
+}

@@ -1,0 +1,200 @@
+//! Builds fake sysfs trees: `devices/pciSSSS:BB/...` directories with the
+//! attribute files the service reads, and `bus/pci/devices/<sbdf>` links.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub struct FakeDev {
+    pub sbdf: &'static str,
+    /// The bridge this device sits behind (`None`: on a root bus).
+    pub parent: Option<&'static str>,
+    pub vendor: u16,
+    pub device: u16,
+    pub class: u32,
+    pub driver: Option<&'static str>,
+    /// `Some` writes `reset_method` (and `reset`); `None` writes neither.
+    pub reset_method: Option<&'static str>,
+    /// For bridges: the decimal `secondary_bus_number`.
+    pub secondary: Option<u8>,
+}
+
+impl FakeDev {
+    pub fn new(sbdf: &'static str, vendor: u16, device: u16, class: u32) -> FakeDev {
+        FakeDev {
+            sbdf,
+            parent: None,
+            vendor,
+            device,
+            class,
+            driver: None,
+            reset_method: Some("flr bus"),
+            secondary: None,
+        }
+    }
+    pub fn behind(mut self, parent: &'static str) -> Self {
+        self.parent = Some(parent);
+        self
+    }
+    pub fn driver(mut self, d: &'static str) -> Self {
+        self.driver = Some(d);
+        self
+    }
+    pub fn reset(mut self, r: Option<&'static str>) -> Self {
+        self.reset_method = r;
+        self
+    }
+    pub fn bridge_to(mut self, secondary: u8) -> Self {
+        self.secondary = Some(secondary);
+        self
+    }
+}
+
+pub struct FakeSysfs {
+    pub dir: tempfile::TempDir,
+    paths: HashMap<String, PathBuf>,
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, format!("{text}\n")).unwrap();
+}
+
+impl FakeSysfs {
+    pub fn new(root_buses: &[&str]) -> FakeSysfs {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bus/pci/devices")).unwrap();
+        std::fs::create_dir_all(dir.path().join("bus/pci/drivers/pciback")).unwrap();
+        for b in root_buses {
+            std::fs::create_dir_all(dir.path().join("devices").join(format!("pci{b}"))).unwrap();
+        }
+        FakeSysfs {
+            dir,
+            paths: HashMap::new(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn add(&mut self, d: FakeDev) -> &mut Self {
+        let rel = match d.parent {
+            Some(p) => self.paths[p].join(d.sbdf),
+            None => PathBuf::from("devices")
+                .join(format!("pci{}", &d.sbdf[..7]))
+                .join(d.sbdf),
+        };
+        let abs = self.root().join(&rel);
+        std::fs::create_dir_all(&abs).unwrap();
+        write(&abs.join("vendor"), &format!("0x{:04x}", d.vendor));
+        write(&abs.join("device"), &format!("0x{:04x}", d.device));
+        write(&abs.join("class"), &format!("0x{:06x}", d.class));
+        write(&abs.join("subsystem_vendor"), &format!("0x{:04x}", d.vendor));
+        write(&abs.join("subsystem_device"), "0x0001");
+        write(&abs.join("revision"), "0x02");
+        if let Some(r) = d.reset_method {
+            write(&abs.join("reset_method"), r);
+            write(&abs.join("reset"), "");
+        }
+        if let Some(s) = d.secondary {
+            write(&abs.join("secondary_bus_number"), &s.to_string());
+        }
+        if let Some(drv) = d.driver {
+            let drv_dir = self.root().join("bus/pci/drivers").join(drv);
+            std::fs::create_dir_all(&drv_dir).unwrap();
+            let depth = rel.components().count();
+            let up = "../".repeat(depth);
+            std::os::unix::fs::symlink(format!("{up}bus/pci/drivers/{drv}"), abs.join("driver")).unwrap();
+        }
+        std::os::unix::fs::symlink(
+            format!("../../../{}", rel.display()),
+            self.root().join("bus/pci/devices").join(d.sbdf),
+        )
+        .unwrap();
+        self.paths.insert(d.sbdf.to_owned(), rel);
+        self
+    }
+
+    /// Makes an attribute unreadable (a directory where a file should be:
+    /// permission bits do not stop root).
+    pub fn break_attr(&self, sbdf: &str, attr: &str) {
+        let p = self.root().join(&self.paths[sbdf]).join(attr);
+        let _ = std::fs::remove_file(&p);
+        std::fs::create_dir(&p).unwrap();
+    }
+
+    /// The reference tree used by the golden tests.
+    pub fn standard() -> FakeSysfs {
+        let mut s = FakeSysfs::new(&["0000:00", "0001:00"]);
+        s.add(FakeDev::new("0000:00:00.0", 0x8086, 0x0d04, 0x060000).reset(None))
+            .add(FakeDev::new("0000:00:14.0", 0x8086, 0x8cb1, 0x0c0330).driver("xhci_hcd"))
+            .add(FakeDev::new("0000:00:14.2", 0x8086, 0x8cb2, 0x118000).reset(Some("flr")))
+            .add(
+                FakeDev::new("0000:00:1c.0", 0x8086, 0x8c10, 0x060400)
+                    .bridge_to(2)
+                    .driver("pcieport"),
+            )
+            .add(
+                FakeDev::new("0000:02:00.0", 0x8086, 0x08b1, 0x028000)
+                    .behind("0000:00:1c.0")
+                    .driver("iwlwifi"),
+            )
+            .add(
+                FakeDev::new("0000:00:1f.6", 0x8086, 0x15a3, 0x020000)
+                    .reset(None)
+                    .driver("e1000e"),
+            )
+            .add(FakeDev::new("0000:00:1f.3", 0x8086, 0x9ca0, 0x040300))
+            .add(FakeDev::new("0001:00:02.0", 0x144d, 0xa808, 0x010802).driver("nvme"));
+        s.break_attr("0000:00:1f.3", "class");
+        s
+    }
+
+    /// Upstream's bridge-chain fixture: c0:03.5 -> c5:00.0 -> c6:00.0.
+    pub fn upstream_chain() -> FakeSysfs {
+        let mut s = FakeSysfs::new(&["0000:00", "0000:c0"]);
+        s.add(FakeDev::new("0000:00:08.1", 0x1022, 0x1635, 0x060400).bridge_to(2))
+            .add(FakeDev::new("0000:02:00.0", 0x1002, 0x1636, 0x030000).behind("0000:00:08.1"))
+            .add(FakeDev::new("0000:02:00.2", 0x1022, 0x15df, 0x108000).behind("0000:00:08.1"))
+            .add(FakeDev::new("0000:c0:03.5", 0x1022, 0x1483, 0x060400).bridge_to(197))
+            .add(
+                FakeDev::new("0000:c5:00.0", 0x1022, 0x1484, 0x060400)
+                    .behind("0000:c0:03.5")
+                    .bridge_to(198),
+            )
+            .add(FakeDev::new("0000:c6:00.0", 0x10de, 0x1234, 0x030000).behind("0000:c5:00.0"));
+        s
+    }
+
+    /// `n` endpoint devices spread over root-bus slots and bridges.
+    pub fn many(n: usize) -> FakeSysfs {
+        let mut s = FakeSysfs::new(&["0000:00"]);
+        let names: Vec<&'static str> = (0..n)
+            .map(|i| {
+                let bus = 1 + i / 32;
+                let dev = i % 32;
+                &*Box::leak(format!("0000:{bus:02x}:{dev:02x}.0").into_boxed_str())
+            })
+            .collect();
+        let bridges: Vec<&'static str> = (0..n.div_ceil(32))
+            .map(|b| &*Box::leak(format!("0000:00:{b:02x}.0").into_boxed_str()))
+            .collect();
+        for (b, name) in bridges.iter().enumerate() {
+            s.add(FakeDev::new(name, 0x8086, 0x8c10, 0x060400).bridge_to((b + 1) as u8));
+        }
+        for (i, name) in names.iter().enumerate() {
+            s.add(
+                FakeDev::new(name, 0x8086, 0x1500 + i as u16, 0x020000)
+                    .behind(bridges[i / 32])
+                    .driver("e1000e"),
+            );
+        }
+        s
+    }
+}
