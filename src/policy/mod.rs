@@ -1,20 +1,269 @@
-//! The qrexec policy check on every call.
+//! The qrexec policy language (`/etc/qubes/policy.d`), checked on every
+//! call that does not come from dom0. Fail closed: a policy that does not
+//! load denies everything.
+
+pub mod eval;
+pub mod parser;
+pub mod token;
 
 use qubes_pci_rpc::Request;
+use serde_json::json;
+
+pub use eval::{Allow, Ask, Denied, PolicyRequest, Resolution};
+pub use parser::{Policy, PolicyError};
 
 use crate::error::ApiError;
-use crate::sysinfo::SystemInfo;
+pub use crate::sysinfo::SystemInfo as System;
 use crate::Config;
 
 /// Lets a call proceed or denies it. Calls from dom0 do not go through
-/// qrexec policy (as with qubesd); until the policy engine is in place every
-/// other call is denied: fail closed.
-pub fn check(_config: &Config, _system: &SystemInfo, req: &Request) -> Result<(), ApiError> {
+/// qrexec (as with qubesd). Any other call must be allowed (or asked, since
+/// qrexec has already asked the user) with dom0 as the resolved target:
+/// admin rules need `target=dom0`, otherwise qrexec would run the call in
+/// the managed qube, not here.
+pub fn check(config: &Config, system: &System, req: &Request) -> Result<(), ApiError> {
     if req.source.is_dom0() {
         return Ok(());
     }
-    Err(ApiError::PermissionDenied(format!(
-        "{} denied: qrexec policy evaluation is not available",
-        req.method
-    )))
+    let method = req.method;
+    let denied = |why: String| {
+        tracing::warn!(%method, source = %req.source, target = %req.target, arg = req.untrusted_arg, "policy denied: {why}");
+        ApiError::PermissionDenied(format!("{method} denied by qrexec policy"))
+    };
+    let policy = Policy::load_dirs(&config.policy_dirs()).map_err(|e| {
+        denied(format!(
+            "the policy does not load, so every call is denied until it is fixed: {e}"
+        ))
+    })?;
+    let service_and_arg = format!("{method}+{}", req.untrusted_arg);
+    let preq = PolicyRequest::new(
+        &service_and_arg,
+        req.source.as_str(),
+        &req.target.to_string(),
+        None,
+        system,
+    )
+    .map_err(|d| denied(d.message))?;
+    match policy.evaluate(&preq, system) {
+        Ok(Resolution::Allow(a)) if token::is_dom0(&a.target) => {
+            tracing::debug!(%method, rule = a.rule, "policy allowed");
+            Ok(())
+        }
+        Ok(Resolution::Ask(a)) if a.targets.contains("dom0") => {
+            tracing::debug!(%method, rule = a.rule, "policy asked, dom0 among the targets");
+            Ok(())
+        }
+        Ok(Resolution::Allow(a)) => Err(denied(format!("rule {} redirects to {}, not dom0", a.rule, a.target))),
+        Ok(Resolution::Ask(a)) => Err(denied(format!(
+            "rule {} asks, but dom0 is not among the targets",
+            a.rule
+        ))),
+        Err(d) => Err(denied(format!(
+            "{} ({})",
+            d.message,
+            d.rule.as_deref().unwrap_or("no rule")
+        ))),
+    }
+}
+
+/// The result of `policy eval`: one evaluation with everything it decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evaluation {
+    pub request: Option<PolicyRequest>,
+    pub outcome: Result<Resolution, Denied>,
+}
+
+impl Evaluation {
+    pub fn run(
+        policy: &Result<Policy, PolicyError>,
+        system: &System,
+        source: &str,
+        target: &str,
+        service_and_arg: &str,
+    ) -> Evaluation {
+        let request = PolicyRequest::new(service_and_arg, source, target, None, system);
+        let outcome = match (&request, policy) {
+            (Err(d), _) => Err(d.clone()),
+            (_, Err(e)) => Err(Denied {
+                message: format!("invalid policy: {e}"),
+                notify: false,
+                rule: None,
+            }),
+            (Ok(r), Ok(p)) => p.evaluate(r, system),
+        };
+        Evaluation {
+            request: request.ok(),
+            outcome,
+        }
+    }
+
+    /// 0 allow, 1 deny, 3 ask.
+    pub fn exit_code(&self) -> u8 {
+        match self.outcome {
+            Ok(Resolution::Allow(_)) => 0,
+            Ok(Resolution::Ask(_)) => 3,
+            Err(_) => 1,
+        }
+    }
+
+    pub fn to_json(&self, system: &System) -> serde_json::Value {
+        let requested = self.request.as_ref().map(|r| r.target.clone());
+        match &self.outcome {
+            Ok(Resolution::Allow(a)) => {
+                let error = self
+                    .request
+                    .as_ref()
+                    .and_then(|r| a.execute(r, &r.target, system).err())
+                    .map(|d| d.message);
+                json!({"result": if error.is_some() { "deny" } else { "allow" }, "target": a.target, "user": a.user, "notify": a.notify,
+                       "autostart": a.autostart, "requested_target": requested, "default_target": null,
+                       "targets_for_ask": null, "rule": a.rule, "error": error})
+            }
+            Ok(Resolution::Ask(a)) => json!({"result": "ask", "target": null, "user": a.user, "notify": a.notify,
+                       "autostart": a.autostart, "requested_target": requested, "default_target": a.default_target,
+                       "targets_for_ask": a.targets, "rule": a.rule, "error": null}),
+            Err(d) => json!({"result": "deny", "target": null, "user": null, "notify": d.notify, "autostart": null,
+                       "requested_target": requested, "default_target": null, "targets_for_ask": null,
+                       "rule": d.rule, "error": d.message}),
+        }
+    }
+
+    /// The `key=value` lines qrexec-policy-exec prints; for an ask (which
+    /// would prompt) `result=ask` with the choices.
+    pub fn to_lines(&self, system: &System) -> String {
+        match (&self.outcome, &self.request) {
+            (Ok(Resolution::Allow(a)), Some(r)) => a
+                .execute(r, &r.target, system)
+                .unwrap_or_else(|_| "result=deny".to_owned()),
+            (Ok(Resolution::Ask(a)), _) => {
+                let targets: Vec<&str> = a.targets.iter().map(String::as_str).collect();
+                format!(
+                    "result=ask\ntargets_for_ask={}\ndefault_target={}",
+                    targets.join(" "),
+                    a.default_target.as_deref().unwrap_or("")
+                )
+            }
+            _ => "result=deny".to_owned(),
+        }
+    }
+}
+
+/// Where `policy.Ask` and `policy.Notify` go: the source's GUI qube.
+pub trait Agent {
+    /// Calls `service` in `guivm` with JSON `params`; the answer, or an
+    /// error when the call failed.
+    fn call(&mut self, guivm: &str, service: &str, params: serde_json::Value) -> Result<String, String>;
+}
+
+/// Options of `qrexec-policy-exec`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecOptions {
+    pub just_evaluate: bool,
+    pub assume_yes_for_ask: bool,
+}
+
+/// qrexec-policy-exec's `handle_request`: evaluates, asks the user through
+/// the agent, notifies, and returns the result lines.
+pub fn handle_request(
+    policy: &Result<Policy, PolicyError>,
+    system: &System,
+    source: &str,
+    target: &str,
+    service_and_arg: &str,
+    opts: ExecOptions,
+    agent: &mut dyn Agent,
+) -> String {
+    let guivm = system.get(source).and_then(|(_, d)| d.guivm.clone());
+    let req = PolicyRequest::new(service_and_arg, source, target, None, system);
+    let (service, argument) = match &req {
+        Ok(r) => (r.service.clone(), r.argument.clone()),
+        Err(_) => {
+            let (s, a) = service_and_arg.split_once('+').unwrap_or((service_and_arg, ""));
+            (s.to_owned(), format!("+{a}"))
+        }
+    };
+    let mut notify = |agent: &mut dyn Agent, resolution: &str, t: &str| {
+        if let Some(g) = &guivm {
+            let params = json!({"resolution": resolution, "service": service, "source": source, "argument": argument, "target": t});
+            let _ = agent.call(g, "policy.Notify", params);
+        }
+    };
+    let denied = |agent: &mut dyn Agent, d: &Denied, notify: &mut dyn FnMut(&mut dyn Agent, &str, &str)| {
+        if d.notify && !opts.just_evaluate {
+            notify(agent, "deny", target);
+        }
+        "result=deny".to_owned()
+    };
+    let (req, policy) = match (req, policy) {
+        (Err(d), _) => return denied(agent, &d, &mut notify),
+        (_, Err(e)) => {
+            tracing::error!("invalid policy, denying: {e}");
+            return "result=deny".to_owned();
+        }
+        (Ok(r), Ok(p)) => (r, p),
+    };
+    let allowed = |agent: &mut dyn Agent, a: &Allow, notify: &mut dyn FnMut(&mut dyn Agent, &str, &str)| {
+        if opts.just_evaluate {
+            return "result=allow".to_owned();
+        }
+        match a.execute(&req, &req.target, system) {
+            Ok(out) => {
+                if a.notify {
+                    notify(agent, "allow", &a.target);
+                }
+                out
+            }
+            Err(d) => {
+                if d.notify {
+                    notify(agent, "deny", target);
+                }
+                "result=deny".to_owned()
+            }
+        }
+    };
+    match policy.evaluate(&req, system) {
+        Err(d) => denied(agent, &d, &mut notify),
+        Ok(Resolution::Allow(a)) => allowed(agent, &a, &mut notify),
+        Ok(Resolution::Ask(ask)) => {
+            let answer = if opts.assume_yes_for_ask {
+                ask.answer(true, &req.target)
+            } else if opts.just_evaluate {
+                return "result=deny".to_owned();
+            } else {
+                let Some(g) = guivm.clone() else {
+                    return "result=deny".to_owned();
+                };
+                let mut icons = serde_json::Map::new();
+                for (name, d) in &system.domains {
+                    let icon = d.icon.clone().unwrap_or_default();
+                    if d.template_for_dispvms == Some(true) {
+                        icons.insert(format!("@dispvm:{name}"), json!(icon.replace("app", "disp")));
+                    }
+                    icons.insert(name.clone(), json!(icon));
+                }
+                let params = json!({"source": source, "service": req.service, "argument": req.argument,
+                    "targets": ask.targets, "default_target": ask.default_target.clone().unwrap_or_default(), "icons": icons});
+                match agent.call(&g, "policy.Ask", params) {
+                    Ok(resp) if resp == "deny" => ask.answer(false, ""),
+                    Ok(resp) => match resp.strip_prefix("allow:") {
+                        Some(t) => ask.answer(true, t),
+                        None => Err(Denied {
+                            message: "invalid answer from the agent".to_owned(),
+                            notify: true,
+                            rule: None,
+                        }),
+                    },
+                    Err(e) => Err(Denied {
+                        message: format!("asking the user failed: {e}"),
+                        notify: true,
+                        rule: None,
+                    }),
+                }
+            };
+            match answer {
+                Ok(a) => allowed(agent, &a, &mut notify),
+                Err(d) => denied(agent, &d, &mut notify),
+            }
+        }
+    }
 }

@@ -1,0 +1,658 @@
+//! Loading policy files into one flat, ordered rule list.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::token::{Ctx, Token};
+
+/// The legacy (R4.0) per-service policy directory, for `!compat-4.0`.
+pub const COMPAT_DIR: &str = "/etc/qubes-rpc/policy";
+
+/// How deep includes may nest; deeper is reported as an include loop.
+const MAX_DEPTH: usize = 32;
+
+/// A policy that cannot be loaded: file and line where known.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}", self.file, l, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// What the loader reads: the real filesystem, or an in-memory set of
+/// files (where include paths are looked up verbatim, as upstream's
+/// `StringPolicy`).
+pub trait PolicyFs {
+    /// The path an include names, relative to the top-level file's directory.
+    fn resolve(&self, policy_dir: &Path, path: &str) -> PathBuf;
+    fn read(&self, path: &Path) -> std::io::Result<String>;
+    fn is_file(&self, path: &Path) -> bool;
+    fn is_dir(&self, path: &Path) -> bool;
+    /// The entries of a directory (names only).
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>>;
+}
+
+/// The real filesystem.
+pub struct DiskFs;
+
+impl PolicyFs for DiskFs {
+    fn resolve(&self, policy_dir: &Path, path: &str) -> PathBuf {
+        let p = policy_dir.join(path);
+        std::fs::canonicalize(&p).unwrap_or(p)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        let bytes = std::fs::read(path)?;
+        String::from_utf8(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        path.is_file()
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            out.push(e?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(out)
+    }
+}
+
+/// In-memory files keyed by path (for tests and the conformance cases).
+#[derive(Default)]
+pub struct MemFs {
+    pub files: BTreeMap<String, String>,
+}
+
+impl PolicyFs for MemFs {
+    fn resolve(&self, _policy_dir: &Path, path: &str) -> PathBuf {
+        PathBuf::from(path)
+    }
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        self.files
+            .get(&path.to_string_lossy().into_owned())
+            .cloned()
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        self.files.contains_key(&path.to_string_lossy().into_owned())
+    }
+    fn is_dir(&self, path: &Path) -> bool {
+        let prefix = format!("{}/", path.display());
+        self.files.keys().any(|k| k.starts_with(&prefix))
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        let prefix = format!("{}/", dir.display());
+        let out: Vec<String> = self
+            .files
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(str::to_owned)
+            .collect();
+        if out.is_empty() {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        Ok(out)
+    }
+}
+
+/// `allow`, `deny` or `ask` with their parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Deny {
+        notify: bool,
+    },
+    Allow {
+        target: Option<Token>,
+        user: Option<String>,
+        notify: bool,
+        autostart: bool,
+    },
+    Ask {
+        target: Option<Token>,
+        default_target: Option<Token>,
+        user: Option<String>,
+        notify: bool,
+        autostart: bool,
+    },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Deny { .. } => "deny",
+            Action::Allow { .. } => "allow",
+            Action::Ask { .. } => "ask",
+        }
+    }
+
+    pub fn redirect(&self) -> Option<&Token> {
+        match self {
+            Action::Allow { target, .. } | Action::Ask { target, .. } => target.as_ref(),
+            Action::Deny { .. } => None,
+        }
+    }
+
+    pub fn notify(&self) -> bool {
+        match self {
+            Action::Deny { notify } | Action::Allow { notify, .. } | Action::Ask { notify, .. } => *notify,
+        }
+    }
+}
+
+/// One rule of the flattened list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// `None` is `*`.
+    pub service: Option<String>,
+    /// `None` is `*`; otherwise starts with `+`.
+    pub argument: Option<String>,
+    pub source: Token,
+    pub target: Token,
+    pub action: Action,
+    pub file: String,
+    pub lineno: usize,
+}
+
+impl Rule {
+    /// `FILE:LINE` of the rule.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file, self.lineno)
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The canonical tab-separated form (`notify` and `autostart` are not
+    /// part of it, as upstream).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}\t{}\t{}\t{}\t{}",
+            self.service.as_deref().unwrap_or("*"),
+            self.argument.as_deref().unwrap_or("*"),
+            self.source,
+            self.target,
+            self.action.name()
+        )?;
+        let (target, default_target, user) = match &self.action {
+            Action::Deny { .. } => (None, None, None),
+            Action::Allow { target, user, .. } => (target.as_ref(), None, user.as_ref()),
+            Action::Ask {
+                target,
+                default_target,
+                user,
+                ..
+            } => (target.as_ref(), default_target.as_ref(), user.as_ref()),
+        };
+        if let Some(t) = target {
+            write!(f, " target={t}")?;
+        }
+        if let Some(t) = default_target {
+            write!(f, " default_target={t}")?;
+        }
+        if let Some(u) = user {
+            write!(f, " user={u}")?;
+        }
+        Ok(())
+    }
+}
+
+fn rpcname_ok(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_'))
+}
+
+/// Validates a rule's service and argument columns.
+pub fn parse_service_argument(service: &str, argument: &str) -> Result<(Option<String>, Option<String>), String> {
+    let service = match service {
+        "*" => None,
+        s if !s.is_empty() && rpcname_ok(s) && !s.contains('+') => Some(s.to_owned()),
+        s => return Err(format!("service {s:?} contains invalid characters")),
+    };
+    let argument = match argument {
+        "*" => None,
+        a if !rpcname_ok(a) => return Err(format!("argument {a:?} contains invalid characters")),
+        a if !a.starts_with('+') => return Err(format!("argument {a:?} does not start with +")),
+        a => Some(a.to_owned()),
+    };
+    if service.is_none() && argument.is_some() {
+        return Err("only * argument allowed for * service".to_owned());
+    }
+    Ok((service, argument))
+}
+
+fn yes_no(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("{key}= may only be yes or no, not {v:?}")),
+    }
+}
+
+/// Parses `ACTION [PARAM=VALUE …]` for a rule whose TARGET column is `target`.
+pub fn parse_action(action: &str, params: &[&str], target: &Token) -> Result<Action, String> {
+    let mut given: BTreeMap<&str, &str> = BTreeMap::new();
+    for p in params {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("invalid action parameter syntax: {p:?}"))?;
+        if given.insert(k, v).is_some() {
+            return Err(format!("parameter given twice: {k}"));
+        }
+    }
+    let allowed: &[&str] = match action {
+        "deny" => &["notify"],
+        "allow" => &["target", "user", "notify", "autostart"],
+        "ask" => &["target", "default_target", "user", "notify", "autostart"],
+        other => return Err(format!("invalid action: {other:?}")),
+    };
+    let unknown: Vec<&str> = given.keys().copied().filter(|k| !allowed.contains(k)).collect();
+    if !unknown.is_empty() {
+        return Err(format!("invalid parameters for action {action}: {unknown:?}"));
+    }
+    let notify = given.get("notify").map(|v| yes_no("notify", v)).transpose()?;
+    let autostart = given
+        .get("autostart")
+        .map(|v| yes_no("autostart", v))
+        .transpose()?
+        .unwrap_or(true);
+    let redirect = |k: &str| given.get(k).map(|v| Token::parse(v, Ctx::Redirect)).transpose();
+    let user = given.get("user").map(|u| u.to_string()).filter(|u| !u.is_empty());
+    Ok(match action {
+        "deny" => Action::Deny {
+            notify: notify.unwrap_or(true),
+        },
+        "allow" => {
+            let t = redirect("target")?;
+            if *target == Token::Default && t.is_none() {
+                return Err("allow action for @default rule must specify target= option".to_owned());
+            }
+            Action::Allow {
+                target: t,
+                user,
+                notify: notify.unwrap_or(false),
+                autostart,
+            }
+        }
+        _ => Action::Ask {
+            target: redirect("target")?,
+            default_target: redirect("default_target")?,
+            user,
+            notify: notify.unwrap_or(false),
+            autostart,
+        },
+    })
+}
+
+/// The flattened policy.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+}
+
+struct Loader<'a> {
+    fs: &'a dyn PolicyFs,
+    rules: Vec<Rule>,
+    stack: Vec<PathBuf>,
+    compat_dir: PathBuf,
+}
+
+/// Whether a file in a policy directory counts, and whether its name is valid.
+fn policy_file_name(name: &str) -> Option<Result<(), String>> {
+    if !name.ends_with(".policy") || name.starts_with('.') {
+        return None;
+    }
+    let ok = name
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || matches!(b, b'_' | b'.' | b'-'));
+    Some(if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid filename: {name}"))
+    })
+}
+
+impl Policy {
+    /// Loads the policy directories: files merged by name (an earlier
+    /// directory shadows a later one), sorted by name, each file's includes
+    /// resolved against its own directory.
+    pub fn load_dirs(dirs: &[PathBuf]) -> Result<Policy, PolicyError> {
+        Policy::load_dirs_with(&DiskFs, dirs, Path::new(COMPAT_DIR))
+    }
+
+    pub fn load_dirs_with(fs: &dyn PolicyFs, dirs: &[PathBuf], compat_dir: &Path) -> Result<Policy, PolicyError> {
+        let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for dir in dirs {
+            let names = fs.list(dir).map_err(|e| PolicyError {
+                file: dir.display().to_string(),
+                line: None,
+                message: format!("failed to load policy directory: {e}"),
+            })?;
+            for name in names {
+                let path = dir.join(&name);
+                match policy_file_name(&name) {
+                    None => continue,
+                    Some(Err(message)) => {
+                        return Err(PolicyError {
+                            file: path.display().to_string(),
+                            line: None,
+                            message,
+                        })
+                    }
+                    Some(Ok(())) if !fs.is_file(&path) => continue,
+                    Some(Ok(())) => {
+                        by_name.entry(name).or_insert(path);
+                    }
+                }
+            }
+        }
+        let mut loader = Loader {
+            fs,
+            rules: Vec::new(),
+            stack: Vec::new(),
+            compat_dir: compat_dir.to_owned(),
+        };
+        for path in by_name.values() {
+            let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
+            loader.load_file(path, &dir, None)?;
+        }
+        Ok(Policy { rules: loader.rules })
+    }
+
+    /// Loads one entry file (`__main__` style) from any filesystem.
+    pub fn load_entry(fs: &dyn PolicyFs, entry: &Path, compat_dir: &Path) -> Result<Policy, PolicyError> {
+        let mut loader = Loader {
+            fs,
+            rules: Vec::new(),
+            stack: Vec::new(),
+            compat_dir: compat_dir.to_owned(),
+        };
+        let dir = entry.parent().unwrap_or(Path::new("")).to_owned();
+        loader.load_file(entry, &dir, None)?;
+        Ok(Policy { rules: loader.rules })
+    }
+
+    /// Parses policy text given directly (one file).
+    pub fn parse_text(text: &str, name: &str) -> Result<Policy, PolicyError> {
+        let fs = MemFs {
+            files: [(name.to_owned(), text.to_owned())].into(),
+        };
+        Policy::load_entry(&fs, Path::new(name), Path::new(COMPAT_DIR))
+    }
+}
+
+impl Loader<'_> {
+    /// Loads a file; `service` set means old per-service syntax bound to it.
+    fn load_file(
+        &mut self,
+        path: &Path,
+        policy_dir: &Path,
+        service: Option<(&Option<String>, &Option<String>)>,
+    ) -> Result<(), PolicyError> {
+        let file = path.display().to_string();
+        let err = |line: Option<usize>, message: String| PolicyError {
+            file: file.clone(),
+            line,
+            message,
+        };
+        if self.stack.iter().any(|p| p == path) || self.stack.len() >= MAX_DEPTH {
+            return Err(err(
+                None,
+                "include loop: the file includes itself, directly or indirectly".to_owned(),
+            ));
+        }
+        let text = self
+            .fs
+            .read(path)
+            .map_err(|e| err(None, format!("failed to read policy file: {e}")))?;
+        self.stack.push(path.to_owned());
+        let result = self.load_lines(&text, &file, policy_dir, service);
+        self.stack.pop();
+        result
+    }
+
+    fn load_lines(
+        &mut self,
+        text: &str,
+        file: &str,
+        policy_dir: &Path,
+        service: Option<(&Option<String>, &Option<String>)>,
+    ) -> Result<(), PolicyError> {
+        // Python's universal newlines: "\r\n", "\r" and "\n" all end a line.
+        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        for (i, raw) in text.split('\n').enumerate() {
+            let lineno = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |message: String| PolicyError {
+                file: file.to_owned(),
+                line: Some(lineno),
+                message,
+            };
+            match service {
+                None => self.new_syntax_line(line, file, lineno, policy_dir).map_err(err)?,
+                Some((svc, arg)) => self
+                    .old_syntax_line(line, file, lineno, policy_dir, svc, arg)
+                    .map_err(err)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn include(
+        &mut self,
+        policy_dir: &Path,
+        path: &str,
+        service: Option<(&Option<String>, &Option<String>)>,
+    ) -> Result<(), String> {
+        let p = self.fs.resolve(policy_dir, path);
+        if !self.fs.is_file(&p) {
+            return Err(format!("not a file: {path}"));
+        }
+        self.load_file(&p, policy_dir, service)
+            .map_err(|e| format!("in included file: {e}"))
+    }
+
+    fn new_syntax_line(&mut self, line: &str, file: &str, lineno: usize, policy_dir: &Path) -> Result<(), String> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with('!') {
+            let (directive, params) = fields.split_first().ok_or("empty directive")?;
+            let count = |n: usize| {
+                if params.len() == n {
+                    Ok(())
+                } else {
+                    Err("invalid number of params".to_owned())
+                }
+            };
+            return match *directive {
+                "!include" => {
+                    count(1)?;
+                    self.include(policy_dir, params.first().copied().unwrap_or_default(), None)
+                }
+                "!include-dir" => {
+                    count(1)?;
+                    self.include_dir(policy_dir, params.first().copied().unwrap_or_default())
+                }
+                "!include-service" => {
+                    count(3)?;
+                    let [svc, arg, path] = [0, 1, 2].map(|i| params.get(i).copied().unwrap_or_default());
+                    let (svc, arg) = parse_service_argument(svc, arg)?;
+                    self.include(policy_dir, path, Some((&svc, &arg)))
+                }
+                "!compat-4.0" => {
+                    count(0)?;
+                    tracing::warn!(
+                        "{file}:{lineno}: !compat-4.0 is deprecated; move the rules to the new policy format"
+                    );
+                    self.compat()
+                }
+                other => Err(format!("invalid directive: {other}")),
+            };
+        }
+        if fields.len() < 5 {
+            return Err("wrong number of fields".to_owned());
+        }
+        let [service, argument, source, target, action] =
+            [0, 1, 2, 3, 4].map(|i| fields.get(i).copied().unwrap_or_default());
+        let (service, argument) = parse_service_argument(service, argument)?;
+        self.push_rule(
+            service,
+            argument,
+            source,
+            target,
+            action,
+            fields.get(5..).unwrap_or_default(),
+            file,
+            lineno,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_rule(
+        &mut self,
+        service: Option<String>,
+        argument: Option<String>,
+        source: &str,
+        target: &str,
+        action: &str,
+        params: &[&str],
+        file: &str,
+        lineno: usize,
+    ) -> Result<(), String> {
+        let source = Token::parse(source, Ctx::Source)?;
+        let target = Token::parse(target, Ctx::Target)?;
+        let action = parse_action(action, params, &target)?;
+        self.rules.push(Rule {
+            service,
+            argument,
+            source,
+            target,
+            action,
+            file: file.to_owned(),
+            lineno,
+        });
+        Ok(())
+    }
+
+    fn old_syntax_line(
+        &mut self,
+        line: &str,
+        file: &str,
+        lineno: usize,
+        policy_dir: &Path,
+        svc: &Option<String>,
+        arg: &Option<String>,
+    ) -> Result<(), String> {
+        let line = line
+            .replace("$include:", "!include ")
+            .replace('$', "@")
+            .replace(',', " ");
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with('!') {
+            return match fields.as_slice() {
+                ["!include", path] => self.include(policy_dir, path, Some((svc, arg))),
+                ["!include", ..] => Err("invalid number of params".to_owned()),
+                _ => Err(format!(
+                    "invalid directive: {}",
+                    fields.first().copied().unwrap_or_default()
+                )),
+            };
+        }
+        if fields.len() < 3 {
+            return Err("wrong number of fields".to_owned());
+        }
+        let [source, target, action] = [0, 1, 2].map(|i| fields.get(i).copied().unwrap_or_default());
+        self.push_rule(
+            svc.clone(),
+            arg.clone(),
+            source,
+            target,
+            action,
+            fields.get(3..).unwrap_or_default(),
+            file,
+            lineno,
+        )
+    }
+
+    fn include_dir(&mut self, policy_dir: &Path, path: &str) -> Result<(), String> {
+        let dir = self.fs.resolve(policy_dir, path);
+        if !self.fs.is_dir(&dir) {
+            return Err(format!("not a directory: {path}"));
+        }
+        let mut names = self.fs.list(&dir).map_err(|e| format!("cannot list {path}: {e}"))?;
+        names.sort();
+        for name in names {
+            match policy_file_name(&name) {
+                None => continue,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(())) => {
+                    let p = dir.join(&name);
+                    if self.fs.is_file(&p) {
+                        self.load_file(&p, policy_dir, None)
+                            .map_err(|e| format!("in included file: {e}"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `!compat-4.0`: the legacy per-service files, each bound to its
+    /// service and argument, a specific argument followed by two deny rules.
+    fn compat(&mut self) -> Result<(), String> {
+        let compat_dir = self.compat_dir.clone();
+        let Ok(names) = self.fs.list(&compat_dir) else {
+            return Ok(());
+        };
+        let mut entries: Vec<(String, Option<String>, String)> = names
+            .into_iter()
+            .filter(|n| {
+                !n.starts_with('.')
+                    && ![".rpmsave", ".rpmnew", ".swp"].iter().any(|s| n.ends_with(s))
+                    && rpcname_ok(n)
+                    && self.fs.is_file(&compat_dir.join(n))
+            })
+            .map(|n| match n.split_once('+') {
+                Some((s, a)) => (s.to_owned(), Some(format!("+{a}")), n.clone()),
+                None => (n.clone(), None, n.clone()),
+            })
+            .collect();
+        // By service, then specific arguments before `*`.
+        entries.sort_by(|a, b| (&a.0, a.1.is_none(), &a.1).cmp(&(&b.0, b.1.is_none(), &b.1)));
+        for (service, argument, name) in entries {
+            let path = compat_dir.join(&name);
+            let (svc, arg) = (Some(service), argument);
+            self.load_file(&path, &compat_dir, Some((&svc, &arg)))
+                .map_err(|e| format!("in legacy policy: {e}"))?;
+            if arg.is_some() {
+                let file = path.display().to_string();
+                for target in [Token::AnyVm, Token::AdminVm] {
+                    self.rules.push(Rule {
+                        service: svc.clone(),
+                        argument: arg.clone(),
+                        source: Token::AnyVm,
+                        target,
+                        action: Action::Deny { notify: true },
+                        file: file.clone(),
+                        lineno: 0,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

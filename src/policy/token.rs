@@ -1,0 +1,237 @@
+//! Qube tokens of the policy language: parsing per context, matching
+//! against a request, and expansion into concrete targets.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use super::System;
+
+/// Where a token stands; each context allows a different set of forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ctx {
+    Source,
+    Target,
+    /// `target=` and `default_target=`.
+    Redirect,
+    /// The target a request names.
+    Intended,
+}
+
+impl Ctx {
+    fn name(self) -> &'static str {
+        match self {
+            Ctx::Source => "source",
+            Ctx::Target => "target",
+            Ctx::Redirect => "target= or default_target=",
+            Ctx::Intended => "intended target",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Token {
+    /// A plain name, including `dom0` and `uuid:…`.
+    Literal(String),
+    Star,
+    AdminVm,
+    AnyVm,
+    Default,
+    DispVm,
+    /// `@dispvm:NAME` (NAME may be `uuid:…`).
+    DispVmTemplate(String),
+    /// `@dispvm:@tag:TAG`
+    DispVmTag(String),
+    Tag(String),
+    Type(String),
+}
+
+pub const DOM0_UUID: &str = "uuid:00000000-0000-0000-0000-000000000000";
+
+/// The three spellings of dom0.
+pub fn is_dom0(s: &str) -> bool {
+    matches!(s, "@adminvm" | "dom0" | DOM0_UUID)
+}
+
+impl Token {
+    pub fn parse(untrusted: &str, ctx: Ctx) -> Result<Token, String> {
+        use Ctx::*;
+        if untrusted.is_empty() {
+            return Err(format!("invalid empty {} token", ctx.name()));
+        }
+        if !untrusted.starts_with('@') && untrusted != "*" {
+            return Ok(Token::Literal(untrusted.to_owned()));
+        }
+        let invalid = || Err(format!("invalid {} token: {untrusted:?}", ctx.name()));
+        let keyword = match untrusted {
+            "*" => Some((Token::Star, matches!(ctx, Source | Target))),
+            "@adminvm" => Some((Token::AdminVm, true)),
+            "@anyvm" => Some((Token::AnyVm, matches!(ctx, Source | Target))),
+            "@default" => Some((Token::Default, matches!(ctx, Target | Intended))),
+            "@dispvm" => Some((Token::DispVm, matches!(ctx, Target | Redirect | Intended))),
+            _ => None,
+        };
+        if let Some((tok, allowed)) = keyword {
+            return if allowed { Ok(tok) } else { invalid() };
+        }
+        // Prefixes in declaration order; a value starting with `@` falls
+        // through to a longer prefix.
+        type Make = fn(String) -> Token;
+        let prefixes: [(&str, Make, bool); 4] = [
+            ("@type:", Token::Type, matches!(ctx, Source | Target)),
+            ("@tag:", Token::Tag, matches!(ctx, Source | Target)),
+            ("@dispvm:", Token::DispVmTemplate, true),
+            ("@dispvm:@tag:", Token::DispVmTag, matches!(ctx, Source | Target)),
+        ];
+        for (prefix, make, allowed) in prefixes {
+            if !allowed {
+                continue;
+            }
+            if let Some(value) = untrusted.strip_prefix(prefix) {
+                if value.is_empty() {
+                    return Err(format!("invalid empty {prefix} token"));
+                }
+                if value.starts_with('@') {
+                    continue;
+                }
+                return Ok(make(value.to_owned()));
+            }
+        }
+        invalid()
+    }
+
+    /// Matches this rule token against a request value (the source, or the
+    /// normalized target), for a call from `source`.
+    pub fn matches(&self, other: &str, system: &System, source: &str) -> bool {
+        match self {
+            Token::Literal(l) if is_dom0(l) => is_dom0(other),
+            Token::AdminVm => is_dom0(other),
+            Token::Literal(l) => match_strings(l, other, system),
+            Token::Star => true,
+            Token::AnyVm => !is_dom0(other),
+            Token::Tag(t) => system.get(other).is_some_and(|(_, d)| d.tags.iter().any(|x| x == t)),
+            Token::Type(t) => system.get(other).is_some_and(|(_, d)| d.klass.as_deref() == Some(t)),
+            Token::Default => other == "@default",
+            Token::DispVm => other == "@dispvm",
+            Token::DispVmTemplate(x) => {
+                if let Some(y) = other.strip_prefix("@dispvm:") {
+                    return match_strings(x, y, system);
+                }
+                other == "@dispvm"
+                    && default_dispvm(system, source).is_some_and(|d| format!("@dispvm:{d}") == self.to_string())
+            }
+            Token::DispVmTag(t) => {
+                let template = match other.strip_prefix("@dispvm:") {
+                    Some(y) => Some(y.to_owned()),
+                    None if other == "@dispvm" => default_dispvm(system, source),
+                    None => None,
+                };
+                template.is_some_and(|y| {
+                    system
+                        .get(&y)
+                        .is_some_and(|(_, d)| d.template_for_dispvms == Some(true) && d.tags.iter().any(|x| x == t))
+                })
+            }
+        }
+    }
+
+    /// Matches a source column token against the calling qube. `@dispvm:…`
+    /// tokens parse in this column but never match a source.
+    pub fn matches_source(&self, source: &str, system: &System) -> bool {
+        match self {
+            Token::DispVmTemplate(_) | Token::DispVmTag(_) => false,
+            t => t.matches(source, system, source),
+        }
+    }
+
+    /// The concrete targets a rule token stands for, for ask target lists.
+    pub fn expand(&self, system: &System) -> BTreeSet<String> {
+        let templates = || {
+            system
+                .domains
+                .iter()
+                .filter(|(_, d)| d.template_for_dispvms == Some(true))
+                .map(|(n, _)| format!("@dispvm:{n}"))
+        };
+        match self {
+            Token::Literal(l) => system.get(l).map(|(n, _)| n.to_owned()).into_iter().collect(),
+            Token::AdminVm => ["@adminvm".to_owned()].into(),
+            Token::Default => BTreeSet::new(),
+            Token::DispVm => ["@dispvm".to_owned()].into(),
+            Token::Tag(t) => system
+                .domains
+                .iter()
+                .filter(|(_, d)| d.tags.iter().any(|x| x == t))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            Token::Type(t) => system
+                .domains
+                .iter()
+                .filter(|(_, d)| d.klass.as_deref() == Some(t))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            Token::DispVmTemplate(x) => system
+                .get(x)
+                .filter(|(_, d)| d.template_for_dispvms == Some(true))
+                .map(|(n, _)| format!("@dispvm:{n}"))
+                .into_iter()
+                .collect(),
+            Token::DispVmTag(t) => system
+                .domains
+                .iter()
+                .filter(|(_, d)| d.template_for_dispvms == Some(true) && d.tags.iter().any(|x| x == t))
+                .map(|(n, _)| format!("@dispvm:{n}"))
+                .collect(),
+            Token::AnyVm | Token::Star => {
+                let mut out: BTreeSet<String> = system
+                    .domains
+                    .keys()
+                    .filter(|n| !is_dom0(n))
+                    .cloned()
+                    .chain(templates())
+                    .collect();
+                out.insert("@dispvm".to_owned());
+                if *self == Token::Star {
+                    out.insert("dom0".to_owned());
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Plain-name equality with UUID bridging: `uuid:X` equals the name of the
+/// qube whose uuid is X.
+pub fn match_strings(a: &str, b: &str, system: &System) -> bool {
+    if a == b {
+        return true;
+    }
+    if !(a.starts_with("uuid:") || b.starts_with("uuid:")) {
+        return false;
+    }
+    match (system.get(a), system.get(b)) {
+        (Some((na, _)), Some((nb, _))) => na == nb,
+        _ => false,
+    }
+}
+
+/// The source's default DispVM template, if it has one.
+pub fn default_dispvm(system: &System, source: &str) -> Option<String> {
+    system.get(source).and_then(|(_, d)| d.default_dispvm.clone())
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Token::Literal(s) => f.write_str(s),
+            Token::Star => f.write_str("*"),
+            Token::AdminVm => f.write_str("@adminvm"),
+            Token::AnyVm => f.write_str("@anyvm"),
+            Token::Default => f.write_str("@default"),
+            Token::DispVm => f.write_str("@dispvm"),
+            Token::DispVmTemplate(x) => write!(f, "@dispvm:{x}"),
+            Token::DispVmTag(t) => write!(f, "@dispvm:@tag:{t}"),
+            Token::Tag(t) => write!(f, "@tag:{t}"),
+            Token::Type(t) => write!(f, "@type:{t}"),
+        }
+    }
+}
