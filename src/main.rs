@@ -43,12 +43,34 @@ enum Command {
     /// header, a NUL, the payload; then the reply), as under systemd's
     /// `Accept=yes`.
     ServeConnection,
+    /// Check or query the qrexec policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// List dom0's PCI devices, like qvm-pci.
     List {
         /// One JSON object per device, in an array.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Evaluate one request. Exit status: 0 allow, 1 deny, 3 ask, 2 when
+    /// the command itself could not run.
+    Eval {
+        /// One JSON object on stdout instead of key=value lines.
+        #[arg(long)]
+        json: bool,
+        /// The calling qube.
+        source: String,
+        /// The requested target (a qube, @adminvm, @default, @dispvm…).
+        target: String,
+        /// SERVICE[+ARG]
+        service: String,
+    },
+    /// Load the policy; on errors print FILE:LINE: message and exit 1.
+    Lint,
 }
 
 fn main() -> ExitCode {
@@ -161,9 +183,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("writing the reply")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy(cmd) => policy(&svc, cmd),
         Command::List { json } => {
             list(&svc, json)?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    use qubes_pci_admin::policy::{Evaluation, Policy};
+    let loaded = Policy::load_dirs(&svc.config.policy_dirs());
+    match cmd {
+        PolicyCommand::Lint => match loaded {
+            Ok(p) => {
+                println!("policy loads: {} rules", p.rules.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        PolicyCommand::Eval {
+            json,
+            source,
+            target,
+            service,
+        } => {
+            let system = svc.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let eval = Evaluation::run(&loaded, &system, &source, &target, &service);
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer(&mut out, &eval.to_json(&system))?;
+            } else {
+                write!(out, "{}", eval.to_lines(&system))?;
+            }
+            writeln!(out)?;
+            Ok(ExitCode::from(eval.exit_code(&system)))
         }
     }
 }

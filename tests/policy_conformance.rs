@@ -307,7 +307,7 @@ fn run_case(case: &Value) -> Result<(), String> {
             }
             let Ok(policy) = loaded else { return Ok(()) };
             if let Some(n) = expect.get("rule_count") {
-                if Value::from(policy.rules.len()) != *n {
+                if n.as_u64() != Some(policy.rules.len() as u64) {
                     return Err(format!("rule_count {}, want {n}", policy.rules.len()));
                 }
             }

@@ -293,7 +293,7 @@ impl Policy {
             .filter(|t| !match_strings(t, &req.source, system))
             .filter(|t| {
                 let q = t.strip_prefix("@dispvm:").unwrap_or(t);
-                !system.get(q).is_some_and(|(_, d)| d.internal == Some(true))
+                system.get(q).is_none_or(|(_, d)| d.internal != Some(true))
             })
             .collect()
     }

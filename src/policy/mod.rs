@@ -97,12 +97,13 @@ impl Evaluation {
         }
     }
 
-    /// 0 allow, 1 deny, 3 ask.
-    pub fn exit_code(&self) -> u8 {
-        match self.outcome {
-            Ok(Resolution::Allow(_)) => 0,
-            Ok(Resolution::Ask(_)) => 3,
-            Err(_) => 1,
+    /// 0 allow, 1 deny (an allow that qrexec could not execute, such as a
+    /// loopback, is a deny), 3 ask.
+    pub fn exit_code(&self, system: &System) -> u8 {
+        match (&self.outcome, &self.request) {
+            (Ok(Resolution::Allow(a)), Some(r)) if a.execute(r, &r.target, system).is_ok() => 0,
+            (Ok(Resolution::Ask(_)), _) => 3,
+            _ => 1,
         }
     }
 

@@ -1,0 +1,206 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+//! The policy check in the request path, and the `policy` commands, through
+//! the built binary.
+
+mod common;
+
+use common::{body_of, error_of, FakeSysfs, TestEnv, BIN};
+
+const AVAILABLE: &str = "admin.vm.device.pci.Available";
+const SHIPPED: &str = include_str!("../policy/90-qubes-pci-admin.policy");
+
+fn env_with_grants(rwx: &str) -> TestEnv {
+    let env = TestEnv::new(FakeSysfs::standard());
+    env.write_policy("90-qubes-pci-admin.policy", SHIPPED);
+    env.write_policy("include/admin-local-ro", "!include include/admin-local-rwx\n");
+    env.write_policy("include/admin-local-rwx", rwx);
+    env
+}
+
+fn cli(env: &TestEnv, args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new(BIN);
+    c.env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .envs(env.envs())
+        .args(args);
+    common::run(c, b"")
+}
+
+#[test]
+fn management_qube_allowed_by_policy_lists_devices() {
+    let env = env_with_grants("mgmt @adminvm allow target=dom0\nmgmt @tag:created-by-mgmt allow target=dom0\n");
+    let out = env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"");
+    assert_eq!(body_of(&out), include_str!("data/available-standard.txt"));
+    // dom0 has three spellings; a rule for @adminvm covers a call naming dom0.
+    assert_eq!(
+        body_of(&env.exec(AVAILABLE, "", "mgmt", "dom0", b"")),
+        include_str!("data/available-standard.txt")
+    );
+    // The grant covers created-by-mgmt qubes, not others.
+    assert_eq!(body_of(&env.exec(AVAILABLE, "", "mgmt", "work", b"")), "");
+    assert_eq!(
+        error_of(&env.exec(AVAILABLE, "", "mgmt", "sys-net", b"")).0,
+        "PermissionDenied"
+    );
+}
+
+#[test]
+fn qube_without_a_grant_is_denied_and_nothing_leaks() {
+    let env = env_with_grants("mgmt @adminvm allow target=dom0\n");
+    let out = env.exec(AVAILABLE, "", "work", "@adminvm", b"");
+    let (ty, msg) = error_of(&out);
+    assert_eq!(ty, "PermissionDenied");
+    assert!(msg.contains(AVAILABLE));
+    assert!(!msg.contains("00_14.0"));
+    // Unknown destinations are denied by policy before they are looked up.
+    let (ty, _) = error_of(&env.call("work", "no-such-qube", "admin.vm.device.pci.Assigned", b""));
+    assert_eq!(ty, "PermissionDenied");
+}
+
+#[test]
+fn a_broken_policy_denies_everything() {
+    let env = env_with_grants("mgmt @adminvm allow target=dom0\n");
+    assert!(body_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).contains("00_14.0"));
+    env.write_policy(
+        "50-broken.policy",
+        "# fine\nadmin.vm.device.pci.Available * @anyvm @adminvm allow target=dom0 # inline comments do not exist\n",
+    );
+    assert_eq!(
+        error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
+        "PermissionDenied"
+    );
+    let lint = cli(&env, &["policy", "lint"]);
+    assert_eq!(lint.status.code(), Some(1));
+    let err = String::from_utf8(lint.stderr).unwrap();
+    assert!(err.contains("50-broken.policy:2:"), "{err}");
+    // A file name qrexec refuses also disables the whole policy.
+    std::fs::remove_file(env.policy_dir().join("50-broken.policy")).unwrap();
+    assert_eq!(cli(&env, &["policy", "lint"]).status.code(), Some(0));
+    env.write_policy("50-Bad.policy", "");
+    assert_eq!(
+        error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
+        "PermissionDenied"
+    );
+    assert!(String::from_utf8(cli(&env, &["policy", "lint"]).stderr)
+        .unwrap()
+        .contains("invalid filename"));
+}
+
+#[test]
+fn include_loops_and_unreadable_includes_are_errors_not_crashes() {
+    let env = env_with_grants("mgmt @adminvm allow target=dom0\n");
+    env.write_policy("40-loop.policy", "!include include/loop\n");
+    env.write_policy("include/loop", "!include include/loop\n");
+    let lint = cli(&env, &["policy", "lint"]);
+    assert_eq!(lint.status.code(), Some(1));
+    assert!(String::from_utf8(lint.stderr).unwrap().contains("include loop"));
+    assert_eq!(
+        error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
+        "PermissionDenied"
+    );
+    env.write_policy("40-loop.policy", "!include include/missing\n");
+    let lint = cli(&env, &["policy", "lint"]);
+    assert!(String::from_utf8(lint.stderr)
+        .unwrap()
+        .contains("40-loop.policy:1: not a file"));
+}
+
+#[test]
+fn ask_proceeds_and_redirects_elsewhere_are_refused() {
+    let env = env_with_grants("");
+    env.write_policy(
+        "30-user.policy",
+        "admin.vm.device.pci.Available * gui @adminvm ask target=dom0\n\
+         admin.vm.device.pci.Available * mgmt @adminvm allow target=sys-net\n\
+         admin.vm.device.pci.Available * sys-net @adminvm allow\n",
+    );
+    assert!(body_of(&env.exec(AVAILABLE, "", "gui", "@adminvm", b"")).contains("00_14.0"));
+    assert_eq!(
+        error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
+        "PermissionDenied"
+    );
+    // `allow` without target= resolves to the requested @adminvm, i.e. dom0.
+    assert!(body_of(&env.exec(AVAILABLE, "", "sys-net", "@adminvm", b"")).contains("00_14.0"));
+}
+
+#[test]
+fn run_dir_shadows_etc_by_file_name() {
+    let env = env_with_grants("");
+    let run = env.dir.path().join("run-policy");
+    std::fs::create_dir_all(&run).unwrap();
+    env.write_policy(
+        "30-user.policy",
+        "admin.vm.device.pci.Available * mgmt @adminvm allow target=dom0\n",
+    );
+    std::fs::write(
+        run.join("30-user.policy"),
+        "admin.vm.device.pci.Available * mgmt @adminvm deny\n",
+    )
+    .unwrap();
+    let dirs = format!("{}:{}", run.display(), env.policy_dir().display());
+    let mut c = std::process::Command::new(BIN);
+    c.env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .envs(env.envs())
+        .env("QUBES_PCI_ADMIN_POLICY_DIR", &dirs);
+    c.args(["policy", "eval", "--json", "mgmt", "@adminvm", AVAILABLE]);
+    let out = common::run(c, b"");
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"], "deny");
+    assert!(
+        v["rule"].as_str().unwrap().contains("run-policy/30-user.policy:1"),
+        "{v}"
+    );
+}
+
+#[test]
+fn policy_eval_outputs() {
+    let env = env_with_grants("mgmt @tag:created-by-mgmt allow target=dom0\n");
+    env.write_policy("30-user.policy", "test.Svc * work @anyvm ask default_target=sys-net\n");
+    let out = cli(
+        &env,
+        &[
+            "policy",
+            "eval",
+            "mgmt",
+            "work",
+            "admin.vm.device.pci.Assign+dom0+00_14.0",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "user=DEFAULT\nresult=allow\ntarget=dom0\nautostart=True\nrequested_target=work\n"
+    );
+    let out = cli(&env, &["policy", "eval", "--json", "work", "sys-net", "test.Svc"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"], "ask");
+    assert_eq!(v["default_target"], "sys-net");
+    let targets: Vec<&str> = v["targets_for_ask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        targets.contains(&"sys-net") && !targets.contains(&"work") && !targets.contains(&"dom0"),
+        "{targets:?}"
+    );
+    for key in [
+        "target",
+        "user",
+        "notify",
+        "autostart",
+        "requested_target",
+        "rule",
+        "error",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    let out = cli(&env, &["policy", "eval", "--json", "work", "@dispvm:work", "test.Svc"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("not a template for dispvm"));
+}
