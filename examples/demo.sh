@@ -27,9 +27,18 @@ step() {
 
 step "Available as dom0: every PCI device of this machine, one line each" \
     dom0 @adminvm admin.vm.device.pci.Available
-step "Available as the management qube (allowed by examples/policy.d)" \
+step "Available as the management qube: allowed by examples/policy.d/include/admin-local-rwx" \
     mgmt @adminvm admin.vm.device.pci.Available
-step "Available as a work qube: no policy rule allows it" \
+step "Available as the GUI domain: allowed by examples/policy.d/30-demo.policy" \
+    sys-gui @adminvm admin.vm.device.pci.Available+00_00.0
+step "Available as a work qube: no policy rule allows it, so PermissionDenied" \
     work @adminvm admin.vm.device.pci.Available
+step "A malformed port id gets a typed error, not an empty reply" \
+    dom0 @adminvm admin.vm.device.pci.Available+00_14.0-..
+echo "== How the policy decides (qubes-pci-admin policy eval)"
+"$BIN" policy eval mgmt work admin.vm.device.pci.Assign+dom0+00_14.0; echo "   (exit status $?)"
+"$BIN" policy eval --json sys-gui personal admin.vm.device.pci.Assign+dom0+00_14.0 || echo "   (exit status $?)"
+"$BIN" policy eval --json mgmt personal admin.vm.device.pci.Assign+dom0+00_14.0 || echo "   (exit status $?)"
+echo
 echo "== qubes-pci-admin list"
 "$BIN" list
