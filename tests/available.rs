@@ -121,8 +121,7 @@ fn list_table_and_json() {
         "USB controller: Intel Corporation 9 Series Chipset Family USB xHCI Controller"
     );
     assert_eq!(usb["data"]["sbdf"], "0000:00:14.0");
-    c.arg("list");
-    let out = common::run(c, b"");
+    let out = env.cli(&["list"], b"");
     let text = String::from_utf8(out.stdout).unwrap();
     let first = text.lines().next().unwrap();
     assert!(first.starts_with("BACKEND:DEVID") && first.contains("DESCRIPTION") && first.contains("USED BY"));

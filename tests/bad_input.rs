@@ -9,13 +9,7 @@ use common::{error_of, FakeSysfs, TestEnv, BIN};
 const AVAILABLE: &str = "admin.vm.device.pci.Available";
 
 fn socket(env: &TestEnv, request: &[u8]) -> std::process::Output {
-    let mut c = std::process::Command::new(BIN);
-    c.env_clear().env("QUBES_PCI_ADMIN_LOG", "off");
-    for (k, v) in env.envs() {
-        c.env(k, v);
-    }
-    c.arg("serve-connection");
-    common::run(c, request)
+    env.cli(&["serve-connection"], request)
 }
 
 fn assert_protocol_error(out: &std::process::Output, needle: &str) {

@@ -80,6 +80,13 @@ impl TestEnv {
         c
     }
 
+    /// `qubes-pci-admin ARGS…` with this environment's settings.
+    pub fn cli(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut c = self.command(Path::new(BIN));
+        c.args(args);
+        run(c, stdin)
+    }
+
     /// `qubes-pci-admin call --source SRC --target DEST METHOD`.
     pub fn call(&self, source: &str, target: &str, method: &str, payload: &[u8]) -> Output {
         let mut c = self.command(Path::new(BIN));
