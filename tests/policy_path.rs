@@ -204,3 +204,20 @@ fn policy_eval_outputs() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["error"].as_str().unwrap().contains("not a template for dispvm"));
 }
+
+#[test]
+fn shipped_policy_routes_each_method_by_its_class() {
+    for m in qubes_pci_rpc::Method::ALL {
+        let include = if m.is_read_only() {
+            "include/admin-local-ro"
+        } else {
+            "include/admin-local-rwx"
+        };
+        let line = SHIPPED
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(m.name().as_str()))
+            .unwrap();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields, ["!include-service", m.name().as_str(), "*", include], "{m}");
+    }
+}

@@ -47,14 +47,6 @@ impl PciNames {
         PciNames(Source::Embedded)
     }
 
-    /// Where the names come from, for `--help`-style reports.
-    pub fn origin(&self) -> String {
-        match &self.0 {
-            Source::File(p, _) => p.display().to_string(),
-            Source::Embedded => "built-in pci.ids".to_owned(),
-        }
-    }
-
     pub fn vendor(&self, vendor: u16) -> Option<String> {
         match &self.0 {
             Source::File(_, n) => n.vendors.get(&vendor).cloned(),
