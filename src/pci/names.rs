@@ -19,7 +19,7 @@ struct FileNames {
 
 #[derive(Debug)]
 enum Source {
-    File(PathBuf, Box<FileNames>),
+    File(Box<FileNames>),
     Embedded,
 }
 
@@ -37,7 +37,7 @@ impl PciNames {
         };
         for path in candidates {
             match std::fs::File::open(&path) {
-                Ok(f) => return PciNames(Source::File(path, Box::new(parse(BufReader::new(f), wanted)))),
+                Ok(f) => return PciNames(Source::File(Box::new(parse(BufReader::new(f), wanted)))),
                 Err(e) if explicit.is_some() => {
                     tracing::warn!(path = %path.display(), "cannot read pci.ids ({e}); using the built-in copy");
                 }
@@ -49,7 +49,7 @@ impl PciNames {
 
     pub fn vendor(&self, vendor: u16) -> Option<String> {
         match &self.0 {
-            Source::File(_, n) => n.vendors.get(&vendor).cloned(),
+            Source::File(n) => n.vendors.get(&vendor).cloned(),
             Source::Embedded => pci_ids::Vendors::iter()
                 .find(|v| v.id() == vendor)
                 .map(|v| v.name().to_owned()),
@@ -58,7 +58,7 @@ impl PciNames {
 
     pub fn device(&self, vendor: u16, device: u16) -> Option<String> {
         match &self.0 {
-            Source::File(_, n) => n.devices.get(&(vendor, device)).cloned(),
+            Source::File(n) => n.devices.get(&(vendor, device)).cloned(),
             Source::Embedded => pci_ids::Device::from_vid_pid(vendor, device).map(|d| d.name().to_owned()),
         }
     }
@@ -66,7 +66,7 @@ impl PciNames {
     /// The subclass name, or the class name when the subclass is unknown.
     pub fn class(&self, class: u8, subclass: u8) -> Option<String> {
         match &self.0 {
-            Source::File(_, n) => n
+            Source::File(n) => n
                 .subclasses
                 .get(&(class, subclass))
                 .or_else(|| n.classes.get(&class))
