@@ -4,6 +4,7 @@
 use qubes_pci_rpc::{DecodeError, ExceptionKind, Reply};
 
 use crate::pci::SysfsError;
+use crate::store::StoreError;
 use crate::sysinfo::SystemInfoError;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub enum ApiError {
     Qubes(String),
     #[error("cannot read dom0's PCI devices: {0}")]
     Sysfs(#[from] SysfsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{0}; give the system info with --system-info FILE (or QUBES_PCI_ADMIN_SYSTEM_INFO), or run in dom0 where qubesd answers internal.GetSystemInfo")]
     SystemInfo(#[from] SystemInfoError),
 }
@@ -51,7 +54,9 @@ impl ApiError {
             ApiError::NotHalted(_) => ExceptionKind::QubesVMNotHaltedError,
             ApiError::NotRunning(_) => ExceptionKind::QubesVMNotRunningError,
             ApiError::Value(_) => ExceptionKind::QubesValueError,
-            ApiError::Qubes(_) | ApiError::Sysfs(_) | ApiError::SystemInfo(_) => ExceptionKind::QubesException,
+            ApiError::Qubes(_) | ApiError::Sysfs(_) | ApiError::SystemInfo(_) | ApiError::Store(_) => {
+                ExceptionKind::QubesException
+            }
         }
     }
 

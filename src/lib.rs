@@ -6,6 +6,7 @@ pub mod error;
 pub mod logging;
 pub mod pci;
 pub mod policy;
+pub mod store;
 pub mod sysinfo;
 
 pub use config::Config;

@@ -107,6 +107,19 @@ impl PciPath {
         })
     }
 
+    /// True when `other` is another function of the same physical device:
+    /// the same bridge chain and slot, a different function.
+    pub fn is_sibling(&self, other: &PciPath) -> bool {
+        let (Some((a, a_up)), Some((b, b_up))) = (self.hops.split_last(), other.hops.split_last()) else {
+            return false;
+        };
+        self.segment == other.segment
+            && a_up == b_up
+            && a.bus == b.bus
+            && a.device == b.device
+            && a.function != b.function
+    }
+
     /// Parses a PCI path. Lower-case hex only, device < 0x20, function < 8.
     pub fn parse(untrusted: &str) -> Result<PciPath, DecodeError> {
         let bad = || DecodeError::InvalidPortId(untrusted.to_owned());
@@ -345,6 +358,18 @@ impl fmt::Display for QubeRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn siblings_share_chain_and_slot() {
+        let p = |s: &str| PciPath::parse(s).unwrap();
+        assert!(p("00_1f.0").is_sibling(&p("00_1f.6")));
+        assert!(p("00_1c.0-00_00.0").is_sibling(&p("00_1c.0-00_00.1")));
+        assert!(!p("00_1f.6").is_sibling(&p("00_1f.6")));
+        assert!(!p("00_1f.0").is_sibling(&p("00_1e.0")));
+        assert!(!p("00_1c.0-00_00.0").is_sibling(&p("00_1c.1-00_00.1")));
+        assert!(!p("00_1c.0-00_00.0").is_sibling(&p("00_00.1")));
+        assert!(!p("00_14.0").is_sibling(&p("0001_00_14.1")));
+    }
 
     #[test]
     fn sbdf_forms() {

@@ -9,6 +9,7 @@ pub mod assignment;
 pub mod device;
 pub mod ident;
 pub mod method;
+pub mod options;
 pub mod props;
 pub mod reply;
 pub mod request;
@@ -17,6 +18,7 @@ pub use assignment::{Assignment, AssignmentMode};
 pub use device::{DeviceInfo, DeviceRef, Wild};
 pub use ident::{DeviceId, Interface, PathHop, PciPath, QubeName, QubeRef, Sbdf};
 pub use method::Method;
+pub use options::PciOptions;
 pub use reply::{ExceptionKind, Reply};
 pub use request::{Request, Target, UntrustedRequest, UntrustedTarget, MAX_REQUEST};
 
@@ -59,6 +61,10 @@ pub enum DecodeError {
     UnexpectedProperty { key: String, got: String, expected: String },
     #[error("invalid assignment mode: {0} (expected required, auto-attach or ask-to-attach)")]
     InvalidMode(String),
+    #[error("unknown option {0}: PCI assignments take only no-strict-reset and permissive")]
+    UnknownOption(String),
+    #[error("option {name} is {value:?}: the value must be True or False")]
+    InvalidOptionValue { name: String, value: String },
     #[error("missing qrexec variable {0}")]
     MissingEnv(&'static str),
 }

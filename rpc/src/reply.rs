@@ -15,11 +15,12 @@ pub enum ExceptionKind {
     QubesVMNotHaltedError,
     QubesVMNotRunningError,
     QubesValueError,
+    QubesUnrecognizedDeviceAssignmentMode,
     QubesException,
 }
 
 impl ExceptionKind {
-    pub const ALL: [ExceptionKind; 11] = [
+    pub const ALL: [ExceptionKind; 12] = [
         ExceptionKind::PermissionDenied,
         ExceptionKind::ProtocolError,
         ExceptionKind::DeviceNotFound,
@@ -30,6 +31,7 @@ impl ExceptionKind {
         ExceptionKind::QubesVMNotHaltedError,
         ExceptionKind::QubesVMNotRunningError,
         ExceptionKind::QubesValueError,
+        ExceptionKind::QubesUnrecognizedDeviceAssignmentMode,
         ExceptionKind::QubesException,
     ];
 
@@ -45,6 +47,7 @@ impl ExceptionKind {
             ExceptionKind::QubesVMNotHaltedError => "QubesVMNotHaltedError",
             ExceptionKind::QubesVMNotRunningError => "QubesVMNotRunningError",
             ExceptionKind::QubesValueError => "QubesValueError",
+            ExceptionKind::QubesUnrecognizedDeviceAssignmentMode => "QubesUnrecognizedDeviceAssignmentMode",
             ExceptionKind::QubesException => "QubesException",
         }
     }
