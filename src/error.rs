@@ -31,6 +31,8 @@ pub enum ApiError {
     NotRunning(String),
     #[error("{0}")]
     Value(String),
+    #[error("Invalid assignment mode: the payload must be exactly required, auto-attach or ask-to-attach")]
+    InvalidMode,
     #[error("{0}")]
     Qubes(String),
     #[error("cannot read dom0's PCI devices: {0}")]
@@ -54,6 +56,7 @@ impl ApiError {
             ApiError::NotHalted(_) => ExceptionKind::QubesVMNotHaltedError,
             ApiError::NotRunning(_) => ExceptionKind::QubesVMNotRunningError,
             ApiError::Value(_) => ExceptionKind::QubesValueError,
+            ApiError::InvalidMode => ExceptionKind::QubesUnrecognizedDeviceAssignmentMode,
             ApiError::Qubes(_) | ApiError::Sysfs(_) | ApiError::SystemInfo(_) | ApiError::Store(_) => {
                 ExceptionKind::QubesException
             }

@@ -4,6 +4,8 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod logging;
+pub mod migrate;
+pub mod passthrough;
 pub mod pci;
 pub mod policy;
 pub mod store;

@@ -1,8 +1,10 @@
 //! The `qubes-pci-admin` binary: the qrexec exec service (when invoked under
 //! a method's name) and the administrator's command line.
 
+mod cmd;
+
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -46,12 +48,47 @@ enum Command {
     /// Check or query the qrexec policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Inspect the assignment store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Called by the libvirt hook before QUBE starts: refuse the start when a
+    /// required device is missing or in use, otherwise hand the devices to
+    /// pciback, record them and print their <hostdev> XML. Exit 1 refuses.
+    PrepareStart { qube: String },
+    /// Called by the libvirt hook after QUBE stopped: forget which devices
+    /// it held. The devices stay on pciback.
+    Release { qube: String },
+    /// Assign every network controller to the net qube and every USB
+    /// controller to the USB qube, as the Qubes installer does.
+    AssignDefaults {
+        #[arg(long, default_value = "sys-net")]
+        net: String,
+        #[arg(long, default_value = "sys-usb")]
+        usb: String,
+        /// Show what would be assigned; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import the PCI assignments of an existing qubes.xml (idempotent).
+    ImportQubesXml {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// List dom0's PCI devices, like qvm-pci.
     List {
         /// One JSON object per device, in an array.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Print the store as JSON (exit 1 when it does not load).
+    Dump,
 }
 
 #[derive(Subcommand)]
@@ -184,6 +221,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(cmd) => policy(&svc, cmd),
+        Command::Store(StoreCommand::Dump) => cmd::assignments::dump(&svc),
+        Command::PrepareStart { qube } => cmd::assignments::prepare_start(&svc, &qube),
+        Command::Release { qube } => cmd::assignments::release(&svc, &qube),
+        Command::AssignDefaults {
+            net,
+            usb,
+            dry_run,
+            json,
+        } => cmd::assignments::assign_defaults(&svc, &net, &usb, dry_run, json),
+        Command::ImportQubesXml { file, json } => cmd::assignments::import(&svc, &file, json),
         Command::List { json } => {
             list(&svc, json)?;
             Ok(ExitCode::SUCCESS)

@@ -26,6 +26,9 @@ impl PciOptions {
     pub fn from_pairs(untrusted_pairs: &[(String, String)]) -> Result<PciOptions, DecodeError> {
         let mut out = PciOptions::default();
         for (name, value) in untrusted_pairs {
+            if !ALL.contains(&name.as_str()) {
+                return Err(DecodeError::UnknownOption(name.clone()));
+            }
             let on = match value.as_str() {
                 "True" => true,
                 "False" => false,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use qubes_pci_rpc::{DeviceId, DeviceInfo, PciPath, QubeName};
+use qubes_pci_rpc::{DeviceInfo, PciPath, QubeName};
 
 use super::{Arg, Call, Service};
 use crate::error::ApiError;
@@ -53,11 +53,7 @@ pub fn device_infos(
 /// One device as `Available` lists it, with the extra `_` keys a GUI or a
 /// script needs to warn before a start fails.
 pub fn describe(inventory: &Inventory, dev: &PciDevice, names: &PciNames) -> DeviceInfo {
-    let device_id = DeviceId::pci(
-        dev.vendor.unwrap_or_default(),
-        dev.device.unwrap_or_default(),
-        dev.class,
-    );
+    let device_id = dev.device_id();
     let vendor = dev.vendor.and_then(|v| names.vendor(v));
     let product = dev.vendor.zip(dev.device).and_then(|(v, d)| names.device(v, d));
     let mut data = vec![("sbdf".to_owned(), dev.sbdf.to_string())];

@@ -2,18 +2,23 @@
 //! check policy, resolve the qubes, apply the method's generic rules,
 //! dispatch.
 
+mod assign;
+mod attach;
 mod available;
+mod listing;
 
 use std::time::Instant;
 
 use qubes_pci_rpc::method::Want;
-use qubes_pci_rpc::{DecodeError, DeviceRef, Method, PciPath, Reply, Request, UntrustedRequest};
+use qubes_pci_rpc::{DecodeError, DeviceRef, Method, PciPath, QubeName, Reply, Request, UntrustedRequest, Wild};
 
+pub use assign::{apply_assign, find_for_arg, record_of, AssignOutcome, OPTION_SERVICE};
 pub use available::{describe, device_infos};
 
 use crate::config::QUBESD_SOCKET;
 use crate::error::ApiError;
-use crate::sysinfo::SystemInfo;
+use crate::store::Store;
+use crate::sysinfo::{DomainInfo, SystemInfo};
 use crate::Config;
 
 /// The service: settings plus what each call loads.
@@ -55,11 +60,45 @@ impl Call {
     pub fn dest_is_dom0(&self) -> bool {
         self.dest == "dom0"
     }
+
+    /// The destination as a validated name.
+    pub fn dest_name(&self) -> Result<QubeName, ApiError> {
+        Ok(QubeName::parse(&self.dest)?)
+    }
+
+    pub fn dest_info(&self) -> Option<&DomainInfo> {
+        self.system.domains.get(&self.dest)
+    }
+
+    /// The device argument of a write method. PCI devices belong to dom0:
+    /// another backend names no device.
+    pub fn device_arg(&self) -> Result<DeviceRef, ApiError> {
+        let Arg::Device(d) = &self.arg else {
+            return Err(ApiError::Protocol(format!("{}: expected an argument", self.req.method)));
+        };
+        if !d.backend.is_dom0() {
+            return Err(ApiError::DeviceNotFound(format!(
+                "PCI devices belong to dom0, not {}: name the device as dom0+PORT (qvm-pci lists them)",
+                d.backend
+            )));
+        }
+        if d.port == Wild::Any && self.req.method != Method::Assigned && self.req.method != Method::Attached {
+            return Err(ApiError::DeviceNotFound(format!(
+                "{}: name the device by its port id, such as dom0+00_14.0 (qvm-pci lists them)",
+                self.req.method
+            )));
+        }
+        Ok(d.clone())
+    }
 }
 
 impl Service {
     pub fn new(config: Config) -> Service {
         Service { config }
+    }
+
+    pub fn store(&self) -> Store {
+        Store::new(&self.config.state_dir)
     }
 
     pub fn system_info(&self) -> Result<SystemInfo, ApiError> {
@@ -122,9 +161,13 @@ impl Service {
         let call = Call { req, arg, system, dest };
         match call.req.method {
             Method::Available => available::handle(self, &call),
-            m => Err(ApiError::Qubes(format!(
-                "{m} is not implemented by this version of qubes-pci-admin"
-            ))),
+            Method::Assigned => listing::assigned(self, &call),
+            Method::Attached => listing::attached(self, &call),
+            Method::Assign => assign::assign(self, &call),
+            Method::Unassign => assign::unassign(self, &call),
+            Method::SetAssignment => assign::set_mode(self, &call),
+            Method::Attach => attach::attach(self, &call),
+            Method::Detach => attach::detach(self, &call),
         }
     }
 }

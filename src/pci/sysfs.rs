@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use qubes_pci_rpc::{PathHop, PciPath, Sbdf};
+use qubes_pci_rpc::{DeviceId, PathHop, PciPath, Sbdf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysfsError {
@@ -55,6 +55,25 @@ pub struct PciDevice {
 }
 
 impl PciDevice {
+    /// The device id the API shows (`0x8086:0x8cb1::p0c0330`); unreadable
+    /// ids are `0x0000`, an unreadable class the unknown interface.
+    pub fn device_id(&self) -> DeviceId {
+        DeviceId::pci(
+            self.vendor.unwrap_or_default(),
+            self.device.unwrap_or_default(),
+            self.class,
+        )
+    }
+
+    /// What kind of bridge this is, for messages; `None` for an endpoint.
+    pub fn bridge_kind(&self) -> Option<&'static str> {
+        match self.class.map(|c| c >> 8) {
+            Some(0x0600) => Some("host bridge"),
+            Some(0x0604) => Some("PCI bridge"),
+            _ => None,
+        }
+    }
+
     /// Host bridges (0x0600) and PCI-to-PCI bridges (0x0604).
     pub fn is_bridge(&self) -> bool {
         matches!(self.class.map(|c| c >> 8), Some(0x0600 | 0x0604))

@@ -6,7 +6,7 @@ pub mod eval;
 pub mod parser;
 pub mod token;
 
-use qubes_pci_rpc::Request;
+use qubes_pci_rpc::{QubeName, Request, Target};
 use serde_json::json;
 
 pub use eval::{Allow, Ask, Denied, PolicyRequest, Resolution};
@@ -22,47 +22,53 @@ use crate::Config;
 /// admin rules need `target=dom0`, otherwise qrexec would run the call in
 /// the managed qube, not here.
 pub fn check(config: &Config, system: &System, req: &Request) -> Result<(), ApiError> {
-    if req.source.is_dom0() {
+    let service = req.method.to_string();
+    check_service(config, system, &req.source, &req.target, &service, &req.untrusted_arg, true).map_err(
+        |why| {
+            tracing::warn!(method = %req.method, source = %req.source, target = %req.target, arg = req.untrusted_arg, "policy denied: {why}");
+            ApiError::PermissionDenied(format!("{} denied by qrexec policy", req.method))
+        },
+    )
+}
+
+/// Whether the policy lets `source` call `service+arg` with `target`,
+/// resolved to dom0. Calls from dom0 are always allowed. An `ask` counts
+/// only when `asked` says qrexec has already asked the user about this very
+/// call. `Err` says why not (for the log; callers choose what the caller
+/// is told).
+pub fn check_service(
+    config: &Config,
+    system: &System,
+    source: &QubeName,
+    target: &Target,
+    service: &str,
+    untrusted_arg: &str,
+    asked: bool,
+) -> Result<(), String> {
+    if source.is_dom0() {
         return Ok(());
     }
-    let method = req.method;
-    let denied = |why: String| {
-        tracing::warn!(%method, source = %req.source, target = %req.target, arg = req.untrusted_arg, "policy denied: {why}");
-        ApiError::PermissionDenied(format!("{method} denied by qrexec policy"))
-    };
-    let policy = Policy::load_dirs(&config.policy_dirs()).map_err(|e| {
-        denied(format!(
-            "the policy does not load, so every call is denied until it is fixed: {e}"
-        ))
-    })?;
-    let service_and_arg = format!("{method}+{}", req.untrusted_arg);
-    let preq = PolicyRequest::new(
-        &service_and_arg,
-        req.source.as_str(),
-        &req.target.to_string(),
-        None,
-        system,
-    )
-    .map_err(|d| denied(d.message))?;
+    let policy = Policy::load_dirs(&config.policy_dirs())
+        .map_err(|e| format!("the policy does not load, so every call is denied until it is fixed: {e}"))?;
+    let service_and_arg = format!("{service}+{untrusted_arg}");
+    let preq = PolicyRequest::new(&service_and_arg, source.as_str(), &target.to_string(), None, system)
+        .map_err(|d| d.message)?;
     match policy.evaluate(&preq, system) {
         Ok(Resolution::Allow(a)) if token::is_dom0(&a.target) => {
-            tracing::debug!(%method, rule = a.rule, "policy allowed");
+            tracing::debug!(service, rule = a.rule, "policy allowed");
             Ok(())
         }
-        Ok(Resolution::Ask(a)) if a.targets.contains("dom0") => {
-            tracing::debug!(%method, rule = a.rule, "policy asked, dom0 among the targets");
+        Ok(Resolution::Ask(a)) if asked && a.targets.contains("dom0") => {
+            tracing::debug!(service, rule = a.rule, "policy asked, dom0 among the targets");
             Ok(())
         }
-        Ok(Resolution::Allow(a)) => Err(denied(format!("rule {} redirects to {}, not dom0", a.rule, a.target))),
-        Ok(Resolution::Ask(a)) => Err(denied(format!(
-            "rule {} asks, but dom0 is not among the targets",
+        Ok(Resolution::Allow(a)) => Err(format!("rule {} redirects to {}, not dom0", a.rule, a.target)),
+        Ok(Resolution::Ask(a)) if asked => Err(format!("rule {} asks, but dom0 is not among the targets", a.rule)),
+        Ok(Resolution::Ask(a)) => Err(format!(
+            "rule {} asks, but nobody can be asked about {service}: it needs an allow rule",
             a.rule
-        ))),
-        Err(d) => Err(denied(format!(
-            "{} ({})",
-            d.message,
-            d.rule.as_deref().unwrap_or("no rule")
-        ))),
+        )),
+        Err(d) => Err(format!("{} ({})", d.message, d.rule.as_deref().unwrap_or("no rule"))),
     }
 }
 

@@ -70,6 +70,9 @@ impl FakeSysfs {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("bus/pci/devices")).unwrap();
         std::fs::create_dir_all(dir.path().join("bus/pci/drivers/pciback")).unwrap();
+        for f in ["new_slot", "bind", "unbind"] {
+            std::fs::write(dir.path().join("bus/pci/drivers/pciback").join(f), "").unwrap();
+        }
         for b in root_buses {
             std::fs::create_dir_all(dir.path().join("devices").join(format!("pci{b}"))).unwrap();
         }
@@ -108,6 +111,9 @@ impl FakeSysfs {
         if let Some(drv) = d.driver {
             let drv_dir = self.root().join("bus/pci/drivers").join(drv);
             std::fs::create_dir_all(&drv_dir).unwrap();
+            if !drv_dir.join("unbind").exists() {
+                std::fs::write(drv_dir.join("unbind"), "").unwrap();
+            }
             let depth = rel.components().count();
             let up = "../".repeat(depth);
             std::os::unix::fs::symlink(format!("{up}bus/pci/drivers/{drv}"), abs.join("driver")).unwrap();
@@ -119,6 +125,18 @@ impl FakeSysfs {
         .unwrap();
         self.paths.insert(d.sbdf.to_owned(), rel);
         self
+    }
+
+    /// What the service last wrote to `bus/pci/drivers/<driver>/<attr>`.
+    pub fn written(&self, driver: &str, attr: &str) -> String {
+        std::fs::read_to_string(self.root().join("bus/pci/drivers").join(driver).join(attr)).unwrap()
+    }
+
+    /// Unplugs a device: its directory and its `bus/pci/devices` link go.
+    pub fn remove(&mut self, sbdf: &str) {
+        let rel = self.paths.remove(sbdf).unwrap();
+        std::fs::remove_dir_all(self.root().join(rel)).unwrap();
+        std::fs::remove_file(self.root().join("bus/pci/devices").join(sbdf)).unwrap();
     }
 
     /// Makes an attribute unreadable (a directory where a file should be:

@@ -55,6 +55,33 @@ impl TestEnv {
         std::fs::write(p, text).unwrap();
     }
 
+    /// Changes a qube's power state in the system info.
+    pub fn set_power(&self, qube: &str, state: &str) {
+        let p = self.dir.path().join("system-info.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["domains"][qube]["power_state"] = serde_json::Value::String(state.to_owned());
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+
+    /// Changes one property of a qube in the system info.
+    pub fn set_prop(&self, qube: &str, key: &str, value: serde_json::Value) {
+        let p = self.dir.path().join("system-info.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["domains"][qube][key] = value;
+        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("state/assignments.bin")
+    }
+
+    /// `store dump` as JSON.
+    pub fn dump(&self) -> serde_json::Value {
+        let out = self.cli(&["store", "dump"], b"");
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// The settings as environment variables.
     pub fn envs(&self) -> Vec<(&'static str, PathBuf)> {
         vec![
