@@ -70,10 +70,8 @@ fn assign_is_recorded_and_listed_in_upstream_format() {
     assert!(assigned(&env, "sys-net").contains("port_id='00_1f.6'"));
     let dump = env.dump();
     assert_eq!(dump["generation"], 2);
-    assert_eq!(
-        dump["assignments"][0]["sbdf"],
-        serde_json::json!({"segment":0,"bus":0,"device":20,"function":0})
-    );
+    assert_eq!(dump["assignments"][0]["sbdf"], "0000:00:14.0");
+    assert_eq!(dump["assignments"][0]["port"], "00_14.0");
 }
 
 #[test]

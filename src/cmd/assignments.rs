@@ -21,7 +21,7 @@ pub fn dump(svc: &Service) -> anyhow::Result<ExitCode> {
     match Store::new(&svc.config.state_dir).read() {
         Ok(state) => {
             let mut out = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut out, &state)?;
+            serde_json::to_writer_pretty(&mut out, &state.to_json())?;
             writeln!(out)?;
             Ok(ExitCode::SUCCESS)
         }

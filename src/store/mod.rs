@@ -115,6 +115,7 @@ impl Store {
     pub fn update<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut State) -> Result<T, E>) -> Result<T, E> {
         std::fs::create_dir_all(&self.dir).map_err(|e| E::from(io("create the state dir", &self.dir)(e)))?;
         let _lock = self.lock(FlockArg::LockExclusive)?;
+        self.remove_leftovers();
         let before = self.load_unlocked()?;
         let mut state = before.clone();
         let out = f(&mut state)?;
@@ -123,6 +124,22 @@ impl Store {
             self.write_unlocked(&state)?;
         }
         Ok(out)
+    }
+
+    /// Temporary files of writers that were killed mid-write. Only called
+    /// under the exclusive lock, when no writer can be using one.
+    fn remove_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".assignments.") && name.ends_with(".tmp") {
+                tracing::info!(file = %name, "removing the temporary file of an interrupted write");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     fn write_unlocked(&self, state: &State) -> Result<(), StoreError> {

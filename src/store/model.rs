@@ -2,10 +2,10 @@
 //! which device.
 
 use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceId, DeviceRef, PciOptions, PciPath, QubeName, Sbdf, Wild};
-use serde::Serialize;
+use serde_json::{json, Value};
 
 /// One assignment of a dom0 PCI device to a qube.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub frontend: QubeName,
     pub port: PciPath,
@@ -51,7 +51,7 @@ impl Record {
 }
 
 /// A device bound to pciback and handed to a qube at its start.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hold {
     pub qube: QubeName,
     pub port: PciPath,
@@ -62,7 +62,7 @@ pub struct Hold {
 }
 
 /// The whole store.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     /// Incremented by every write.
     pub generation: u64,
@@ -71,6 +71,30 @@ pub struct State {
 }
 
 impl State {
+    /// The JSON view of `store dump`: identifiers in their usual text forms.
+    pub fn to_json(&self) -> Value {
+        let options = |o: &PciOptions| json!({"no-strict-reset": o.no_strict_reset, "permissive": o.permissive});
+        json!({
+            "generation": self.generation,
+            "assignments": self.assignments.iter().map(|r| json!({
+                "frontend": r.frontend.as_str(),
+                "backend": "dom0",
+                "port": r.port.to_string(),
+                "device_id": r.device_id.to_string(),
+                "mode": r.mode.as_str(),
+                "options": options(&r.options),
+                "sbdf": r.sbdf.map(|s| s.to_string()),
+            })).collect::<Vec<_>>(),
+            "holds": self.holds.iter().map(|h| json!({
+                "qube": h.qube.as_str(),
+                "port": h.port.to_string(),
+                "sbdf": h.sbdf.to_string(),
+                "device_id": h.device_id.to_string(),
+                "options": options(&h.options),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     pub fn assigned_to<'a>(&'a self, qube: &'a QubeName) -> impl Iterator<Item = &'a Record> + 'a {
         self.assignments.iter().filter(move |r| &r.frontend == qube)
     }
