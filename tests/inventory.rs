@@ -88,3 +88,28 @@ fn real_sysfs_when_present() {
         assert_eq!(PciPath::parse(&d.port.to_string()).unwrap(), d.port);
     }
 }
+
+#[test]
+fn one_port_lookup_agrees_with_the_full_scan() {
+    for s in [FakeSysfs::standard(), FakeSysfs::upstream_chain(), FakeSysfs::many(40)] {
+        let inv = Inventory::scan(s.root()).unwrap();
+        assert!(!inv.devices.is_empty());
+        for d in &inv.devices {
+            let one = Inventory::scan_port(s.root(), &d.port).unwrap().unwrap();
+            assert_eq!(one.sbdf, d.sbdf);
+            assert_eq!(one.device_id(), d.device_id());
+            assert_eq!(one.driver, d.driver);
+        }
+    }
+    let s = FakeSysfs::upstream_chain();
+    for absent in [
+        "00_08.1-00_00.1",
+        "c0_03.5-00_00.0-00_01.0",
+        "00_1f.0",
+        "01_00.0",
+        "0001_00_08.1",
+    ] {
+        let p = PciPath::parse(absent).unwrap();
+        assert!(Inventory::scan_port(s.root(), &p).unwrap().is_none(), "{absent}");
+    }
+}

@@ -77,6 +77,13 @@ pub struct PathHop {
     pub function: u8,
 }
 
+impl PathHop {
+    /// A hop with the device (< 0x20) and function (< 8) ranges checked.
+    pub fn new(bus: u8, device: u8, function: u8) -> Option<PathHop> {
+        (device < 0x20 && function < 8).then_some(PathHop { bus, device, function })
+    }
+}
+
 /// A PCI path, Qubes' stable `port_id` for PCI devices, such as `00_14.0`,
 /// `00_08.1-00_00.0` or `0001_00_02.0`: the root-port device (segment
 /// omitted when `0000`) followed by each hop behind a bridge.

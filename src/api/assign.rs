@@ -6,7 +6,7 @@ use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceRef, PciOptions, QubeName,
 use super::{Call, Service};
 use crate::error::ApiError;
 use crate::passthrough::rules;
-use crate::pci::Inventory;
+use crate::pci::{Inventory, PciDevice};
 use crate::store::{Record, State};
 
 /// The policy service that must also allow setting an option.
@@ -26,10 +26,10 @@ pub(super) fn assign(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
     }
     let record = record_of(&assignment, frontend)?;
     rules::check_qube(&call.dest, call.dest_info(), &record.device_name())?;
-    let inventory = Inventory::scan(&svc.config.sysfs)?;
+    let at_port = Inventory::scan_port(&svc.config.sysfs, &record.port)?;
     let outcome = svc
         .store()
-        .update(|state| apply_assign(state, record, &inventory, |name| grant_option(svc, call, name)))?;
+        .update(|state| apply_assign(state, record, at_port.as_ref(), |name| grant_option(svc, call, name)))?;
     outcome.log();
     Ok(Vec::new())
 }
@@ -104,12 +104,13 @@ impl AssignOutcome {
 /// Applies one Assign to `state`: an identical assignment is
 /// `DeviceAlreadyAssigned`; one with another mode or other options is
 /// replaced in place (one write, no window without an assignment); a new
-/// one must pass the device and multi-function rules. `grant` is asked for
+/// one must pass the device and multi-function rules (`at_port`: the live
+/// device at the record's port). `grant` is asked for
 /// every option the call turns on.
 pub fn apply_assign(
     state: &mut State,
     mut record: Record,
-    inventory: &Inventory,
+    at_port: Option<&PciDevice>,
     grant: impl Fn(&str) -> Result<(), ApiError>,
 ) -> Result<AssignOutcome, ApiError> {
     if let Some(i) = state.find(&record) {
@@ -135,7 +136,7 @@ pub fn apply_assign(
         }
         return Ok(AssignOutcome::Replaced { before, after: record });
     }
-    let dev = rules::check_device(inventory, &record.port, &record.device_id, record.frontend.as_str())?;
+    let dev = rules::check_device(at_port, &record.port, &record.device_id, record.frontend.as_str())?;
     record.sbdf = Some(dev.sbdf);
     rules::check_siblings(state, &record)?;
     for name in record.options.newly_enabled(PciOptions::default()) {

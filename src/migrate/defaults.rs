@@ -87,7 +87,7 @@ pub fn assign_defaults(
                 });
                 continue;
             }
-            let (outcome, detail) = match apply_assign(state, record, &inventory, |_| Ok(())) {
+            let (outcome, detail) = match apply_assign(state, record, Some(d), |_| Ok(())) {
                 Ok(AssignOutcome::Added { others, .. }) if others.is_empty() => ("assigned", String::new()),
                 Ok(AssignOutcome::Added { others, .. }) => (
                     "assigned",

@@ -4,7 +4,7 @@
 use qubes_pci_rpc::{DeviceId, PciPath, Wild};
 
 use crate::error::ApiError;
-use crate::pci::{Inventory, PciDevice};
+use crate::pci::PciDevice;
 use crate::store::{Record, State};
 use crate::sysinfo::DomainInfo;
 
@@ -29,12 +29,12 @@ pub fn check_qube(qube: &str, info: Option<&DomainInfo>, device: &str) -> Result
 /// The device is present in dom0 with the given identity and is not a
 /// bridge. Returns the live device.
 pub fn check_device<'a>(
-    inventory: &'a Inventory,
+    at_port: Option<&'a PciDevice>,
     port: &PciPath,
     device_id: &Wild<DeviceId>,
     qube: &str,
 ) -> Result<&'a PciDevice, ApiError> {
-    let Some(dev) = inventory.by_port(port) else {
+    let Some(dev) = at_port else {
         return Err(ApiError::DeviceNotFound(format!(
             "there is no PCI device at port {port} in dom0, so it cannot be assigned to {qube}; \
              `qvm-pci` (admin.vm.device.pci.Available) lists the devices present \

@@ -102,6 +102,34 @@ impl Inventory {
             .filter(move |d| d.sbdf != dev.sbdf && d.sbdf.same_slot(&dev.sbdf))
     }
 
+    /// Reads only the device at `port`, following the path's bridges by their
+    /// `secondary_bus_number` (as upstream's `path_to_sbdf`). `None` when no
+    /// device is there.
+    pub fn scan_port(root: &Path, port: &PciPath) -> Result<Option<PciDevice>, SysfsError> {
+        let roots = root_buses(root)?;
+        let mut sbdf: Option<Sbdf> = None;
+        for hop in port.hops() {
+            let bus = match sbdf {
+                None if roots.contains(&(port.segment, hop.bus)) => Some(hop.bus),
+                None => None,
+                Some(parent) => read_attr(&device_dir(root, &parent), "secondary_bus_number")
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.parse::<u8>().ok())
+                    .and_then(|sec| sec.checked_add(hop.bus)),
+            };
+            let Some(next) = bus.and_then(|b| Sbdf::new(port.segment, b, hop.device, hop.function)) else {
+                return Ok(None);
+            };
+            sbdf = Some(next);
+        }
+        let Some(sbdf) = sbdf else { return Ok(None) };
+        if !device_dir(root, &sbdf).exists() {
+            return Ok(None);
+        }
+        Ok(read_device(root, &roots, sbdf).ok().filter(|d| &d.port == port))
+    }
+
     /// Reads every device under `<root>/bus/pci/devices`.
     pub fn scan(root: &Path) -> Result<Inventory, SysfsError> {
         let roots = root_buses(root)?;

@@ -12,7 +12,7 @@
 //! 20      n     body (postcard)
 //! ```
 
-use qubes_pci_rpc::{AssignmentMode, DeviceId, PciOptions, PciPath, QubeName, Sbdf, Wild};
+use qubes_pci_rpc::{AssignmentMode, DeviceId, PathHop, PciOptions, PciPath, QubeName, Sbdf, Wild};
 use serde::{Deserialize, Serialize};
 
 use super::model::{Hold, Record, State};
@@ -48,26 +48,81 @@ struct StateV1 {
     holds: Vec<HoldV1>,
 }
 
+/// A PCI path: segment and `(bus, device, function)` hops.
+#[derive(Serialize, Deserialize)]
+struct PathV1 {
+    segment: u16,
+    hops: Vec<(u8, u8, u8)>,
+}
+
+/// `(segment, bus, device, function)`.
+type SbdfV1 = (u16, u8, u8, u8);
+
 #[derive(Serialize, Deserialize)]
 struct RecordV1 {
     frontend: String,
-    port: String,
-    /// `*` for a port-only assignment.
-    device_id: String,
-    mode: String,
+    port: PathV1,
+    /// `None` for a port-only assignment (`*`).
+    device_id: Option<String>,
+    /// 0 manual (never written by this build), 1 ask-to-attach, 2 auto-attach, 3 required.
+    mode: u8,
     no_strict_reset: bool,
     permissive: bool,
-    sbdf: Option<String>,
+    sbdf: Option<SbdfV1>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct HoldV1 {
     qube: String,
-    port: String,
-    sbdf: String,
+    port: PathV1,
+    sbdf: SbdfV1,
     device_id: String,
     no_strict_reset: bool,
     permissive: bool,
+}
+
+fn path_v1(p: &PciPath) -> PathV1 {
+    PathV1 {
+        segment: p.segment,
+        hops: p.hops().iter().map(|h| (h.bus, h.device, h.function)).collect(),
+    }
+}
+
+fn path_from(p: PathV1) -> Result<PciPath, FormatError> {
+    let hops = p
+        .hops
+        .into_iter()
+        .map(|(b, d, f)| PathHop::new(b, d, f))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| FormatError::Body("port: device or function out of range".into()))?;
+    PciPath::new(p.segment, hops).ok_or_else(|| FormatError::Body("port: empty path".into()))
+}
+
+fn sbdf_v1(s: &Sbdf) -> SbdfV1 {
+    (s.segment, s.bus, s.device, s.function)
+}
+
+fn sbdf_from((seg, bus, dev, func): SbdfV1) -> Result<Sbdf, FormatError> {
+    Sbdf::new(seg, bus, dev, func).ok_or_else(|| FormatError::Body("address: device or function out of range".into()))
+}
+
+fn mode_v1(m: AssignmentMode) -> u8 {
+    match m {
+        AssignmentMode::Manual => 0,
+        AssignmentMode::AskToAttach => 1,
+        AssignmentMode::AutoAttach => 2,
+        AssignmentMode::Required => 3,
+    }
+}
+
+fn mode_from(m: u8) -> Result<AssignmentMode, FormatError> {
+    match m {
+        0 => Ok(AssignmentMode::Manual),
+        1 => Ok(AssignmentMode::AskToAttach),
+        2 => Ok(AssignmentMode::AutoAttach),
+        3 => Ok(AssignmentMode::Required),
+        other => Err(FormatError::Body(format!("mode: unknown value {other}"))),
+    }
 }
 
 fn checksum(version: u32, len: u32, body: &[u8]) -> u32 {
@@ -87,12 +142,12 @@ pub fn encode(state: &State) -> Result<Vec<u8>, FormatError> {
             .iter()
             .map(|r| RecordV1 {
                 frontend: r.frontend.to_string(),
-                port: r.port.to_string(),
-                device_id: r.device_id.to_string(),
-                mode: r.mode.as_str().to_owned(),
+                port: path_v1(&r.port),
+                device_id: r.device_id.as_option().map(|d| d.to_string()),
+                mode: mode_v1(r.mode),
                 no_strict_reset: r.options.no_strict_reset,
                 permissive: r.options.permissive,
-                sbdf: r.sbdf.map(|s| s.to_string()),
+                sbdf: r.sbdf.as_ref().map(sbdf_v1),
             })
             .collect(),
         holds: state
@@ -100,8 +155,8 @@ pub fn encode(state: &State) -> Result<Vec<u8>, FormatError> {
             .iter()
             .map(|h| HoldV1 {
                 qube: h.qube.to_string(),
-                port: h.port.to_string(),
-                sbdf: h.sbdf.to_string(),
+                port: path_v1(&h.port),
+                sbdf: sbdf_v1(&h.sbdf),
                 device_id: h.device_id.to_string(),
                 no_strict_reset: h.options.no_strict_reset,
                 permissive: h.options.permissive,
@@ -156,10 +211,10 @@ pub fn decode(bytes: &[u8]) -> Result<State, FormatError> {
 fn decode_v1(body: &[u8]) -> Result<State, FormatError> {
     let v1: StateV1 = postcard::from_bytes(body).map_err(|e| FormatError::Body(e.to_string()))?;
     let bad = |what: &str, e: qubes_pci_rpc::DecodeError| FormatError::Body(format!("{what}: {e}"));
-    let devid = |s: &str| -> Result<Wild<DeviceId>, FormatError> {
+    let devid = |s: Option<String>| -> Result<Wild<DeviceId>, FormatError> {
         Ok(match s {
-            "*" => Wild::Any,
-            d => Wild::Is(DeviceId::parse(d).map_err(|e| bad("device id", e))?),
+            None => Wild::Any,
+            Some(d) => Wild::Is(DeviceId::parse(&d).map_err(|e| bad("device id", e))?),
         })
     };
     let assignments = v1
@@ -168,18 +223,14 @@ fn decode_v1(body: &[u8]) -> Result<State, FormatError> {
         .map(|r| {
             Ok(Record {
                 frontend: QubeName::parse(&r.frontend).map_err(|e| bad("qube", e))?,
-                port: PciPath::parse(&r.port).map_err(|e| bad("port", e))?,
-                device_id: devid(&r.device_id)?,
-                mode: AssignmentMode::parse(&r.mode).map_err(|e| bad("mode", e))?,
+                port: path_from(r.port)?,
+                device_id: devid(r.device_id)?,
+                mode: mode_from(r.mode)?,
                 options: PciOptions {
                     no_strict_reset: r.no_strict_reset,
                     permissive: r.permissive,
                 },
-                sbdf: r
-                    .sbdf
-                    .map(|s| Sbdf::parse(&s))
-                    .transpose()
-                    .map_err(|e| bad("address", e))?,
+                sbdf: r.sbdf.map(sbdf_from).transpose()?,
             })
         })
         .collect::<Result<Vec<_>, FormatError>>()?;
@@ -189,8 +240,8 @@ fn decode_v1(body: &[u8]) -> Result<State, FormatError> {
         .map(|h| {
             Ok(Hold {
                 qube: QubeName::parse(&h.qube).map_err(|e| bad("qube", e))?,
-                port: PciPath::parse(&h.port).map_err(|e| bad("port", e))?,
-                sbdf: Sbdf::parse(&h.sbdf).map_err(|e| bad("address", e))?,
+                port: path_from(h.port)?,
+                sbdf: sbdf_from(h.sbdf)?,
                 device_id: DeviceId::parse(&h.device_id).map_err(|e| bad("device id", e))?,
                 options: PciOptions {
                     no_strict_reset: h.no_strict_reset,
@@ -273,9 +324,12 @@ mod tests {
             generation: 1,
             assignments: vec![],
             holds: vec![HoldV1 {
-                qube: "work".into(),
-                port: "00_14.0".into(),
-                sbdf: "../../../etc".into(),
+                qube: "../../../etc".into(),
+                port: PathV1 {
+                    segment: 0,
+                    hops: vec![(0, 0x14, 0)],
+                },
+                sbdf: (0, 0, 0x14, 0),
                 device_id: "0x8086:0x8cb1::p0c0330".into(),
                 no_strict_reset: false,
                 permissive: false,
@@ -283,6 +337,18 @@ mod tests {
         };
         let body = postcard::to_allocvec(&s).unwrap();
         assert!(matches!(decode_v1(&body), Err(FormatError::Body(_))));
+        s.holds[0].qube = "work".into();
+        s.holds[0].sbdf = (0, 0, 0x20, 0);
+        assert!(matches!(
+            decode_v1(&postcard::to_allocvec(&s).unwrap()),
+            Err(FormatError::Body(_))
+        ));
+        s.holds[0].sbdf = (0, 0, 0x14, 0);
+        s.holds[0].port.hops = vec![(0, 0x14, 9)];
+        assert!(matches!(
+            decode_v1(&postcard::to_allocvec(&s).unwrap()),
+            Err(FormatError::Body(_))
+        ));
         s.holds.clear();
         assert!(decode_v1(&postcard::to_allocvec(&s).unwrap()).is_ok());
     }
