@@ -54,7 +54,13 @@ enum Command {
     /// Called by the libvirt hook before QUBE starts: refuse the start when a
     /// required device is missing or in use, otherwise hand the devices to
     /// pciback, record them and print their <hostdev> XML. Exit 1 refuses.
-    PrepareStart { qube: String },
+    PrepareStart {
+        qube: String,
+        /// Check and record, but write nothing to sysfs (the devices stay
+        /// with their drivers): for a dry run on a real machine.
+        #[arg(long)]
+        no_bind: bool,
+    },
     /// Called by the libvirt hook after QUBE stopped: forget which devices
     /// it held. The devices stay on pciback.
     Release { qube: String },
@@ -222,7 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(cmd) => policy(&svc, cmd),
         Command::Store(StoreCommand::Dump) => cmd::assignments::dump(&svc),
-        Command::PrepareStart { qube } => cmd::assignments::prepare_start(&svc, &qube),
+        Command::PrepareStart { qube, no_bind } => cmd::assignments::prepare_start(&svc, &qube, no_bind),
         Command::Release { qube } => cmd::assignments::release(&svc, &qube),
         Command::AssignDefaults {
             net,
@@ -275,6 +281,23 @@ fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
     let inventory = Inventory::scan(&svc.config.sysfs)?;
     let infos = qubes_pci_admin::api::device_infos(&inventory, svc.config.pci_ids.as_deref(), None);
+    let state = svc.store().read().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let used_by = |port: &qubes_pci_rpc::PciPath| -> Vec<String> {
+        let assigned = state.assignments.iter().filter(|r| &r.port == port).map(|r| {
+            let opts: Vec<String> = r.options.enabled().map(|o| format!("{o}=True")).collect();
+            if opts.is_empty() {
+                format!("{} ({})", r.frontend, r.mode)
+            } else {
+                format!("{} ({}, {})", r.frontend, r.mode, opts.join(", "))
+            }
+        });
+        let held = state
+            .holds
+            .iter()
+            .filter(|h| &h.port == port)
+            .map(|h| format!("{} (started with it)", h.qube));
+        assigned.chain(held).collect()
+    };
     let rows: Vec<serde_json::Value> = infos
         .iter()
         .map(|i| {
@@ -300,7 +323,7 @@ fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
                 "vendor": i.vendor,
                 "product": i.product,
                 "data": data,
-                "used_by": [],
+                "used_by": used_by(&i.port),
             })
         })
         .collect();
@@ -319,11 +342,16 @@ fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
                 .and_then(|d| d.get("sbdf"))
                 .and_then(|v| v.as_str())
                 .unwrap_or_default();
+            let used: Vec<&str> = r
+                .get("used_by")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
             [
                 format!("{}:{}", s("backend"), s("port_id")),
                 sbdf.to_owned(),
                 s("description"),
-                String::new(),
+                used.join("; "),
             ]
         })
         .collect();

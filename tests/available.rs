@@ -128,4 +128,15 @@ fn list_table_and_json() {
     assert!(text
         .lines()
         .any(|l| l.starts_with("dom0:00_14.0 ") && l.contains("0000:00:14.0") && l.contains("USB controller")));
+    // USED BY shows assignments with their mode and options.
+    let out = env.call(
+        "dom0",
+        "sys-usb",
+        "admin.vm.device.pci.Assign+dom0+00_14.0",
+        b"mode='required' _no-strict-reset='True'",
+    );
+    assert!(out.stdout.starts_with(b"0\0"));
+    let text = String::from_utf8(env.cli(&["list"], b"").stdout).unwrap();
+    let row = text.lines().find(|l| l.starts_with("dom0:00_14.0 ")).unwrap();
+    assert!(row.ends_with("sys-usb (required, no-strict-reset=True)"), "{row}");
 }

@@ -299,3 +299,15 @@ fn libvirt_hook_calls_prepare_start_and_release() {
     // Other qubes' events do not touch the store.
     assert_eq!(run(&env, "reconnect").status.code(), Some(0));
 }
+
+#[test]
+fn no_bind_checks_and_records_but_writes_nothing_to_sysfs() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    assign(&env, "sys-usb", USB, "required", "");
+    let out = env.cli(&["prepare-start", "--no-bind", "sys-usb"], b"");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("slot='0x14'"));
+    assert_eq!(env.sysfs.written("xhci_hcd", "unbind"), "");
+    assert_eq!(env.sysfs.written("pciback", "bind"), "");
+    assert_eq!(env.dump()["holds"].as_array().unwrap().len(), 1);
+}

@@ -34,10 +34,10 @@ pub fn dump(svc: &Service) -> anyhow::Result<ExitCode> {
 
 /// `prepare-start QUBE`: on success the `<hostdev>` XML on stdout and exit
 /// 0; a refusal on stderr and exit 1 (which makes libvirt abort the start).
-pub fn prepare_start(svc: &Service, name: &str) -> anyhow::Result<ExitCode> {
+pub fn prepare_start(svc: &Service, name: &str, no_bind: bool) -> anyhow::Result<ExitCode> {
     let q = qube(name)?;
     let system = svc.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
-    match start::prepare_start(&svc.config, &system, &q) {
+    match start::prepare_start(&svc.config, &system, &q, !no_bind) {
         Ok(report) => {
             for h in &report.stale {
                 eprintln!("dropped a stale hold of dom0:{} by {} (not running)", h.port, h.qube);

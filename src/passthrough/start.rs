@@ -60,7 +60,15 @@ fn memory_note(qube: &str, on: bool) -> String {
 /// Checks and performs the start of `qube`: every `required` device must be
 /// present and free, `auto-attach` devices are taken when they are,
 /// `ask-to-attach` ones are left (nobody can be asked at start).
-pub fn prepare_start(config: &Config, system: &SystemInfo, qube: &QubeName) -> Result<StartReport, ApiError> {
+/// With `bind_devices` false nothing is written to sysfs (a check, or a
+/// demonstration on a machine whose drivers must stay as they are); the
+/// holds are recorded all the same.
+pub fn prepare_start(
+    config: &Config,
+    system: &SystemInfo,
+    qube: &QubeName,
+    bind_devices: bool,
+) -> Result<StartReport, ApiError> {
     let Some((_, info)) = system.get(qube.as_str()) else {
         return Err(ApiError::NoSuchQube(qube.to_string()));
     };
@@ -90,8 +98,12 @@ pub fn prepare_start(config: &Config, system: &SystemInfo, qube: &QubeName) -> R
             }
         }
         for (r, dev) in plan {
-            let done = bind::bind_to_pciback(&config.sysfs, &dev)
-                .map_err(|e| ApiError::Qubes(format!("cannot start {qube} with {}: {e}", r.device_name())))?;
+            let done = if bind_devices {
+                bind::bind_to_pciback(&config.sysfs, &dev)
+                    .map_err(|e| ApiError::Qubes(format!("cannot start {qube} with {}: {e}", r.device_name())))?
+            } else {
+                vec![format!("{} left with its driver (--no-bind)", dev.sbdf)]
+            };
             let hold = Hold {
                 qube: qube.clone(),
                 port: r.port.clone(),
