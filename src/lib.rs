@@ -1,6 +1,7 @@
 //! qubes-pci-admin: the dom0 service answering `admin.vm.device.pci.*`.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod logging;

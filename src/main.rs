@@ -148,16 +148,6 @@ fn read_capped(r: impl Read) -> std::io::Result<Result<Vec<u8>, DecodeError>> {
     })
 }
 
-/// Runs the handler, turning a panic (a bug) into a typed reply.
-fn answer(svc: &Service, req: Result<UntrustedRequest, DecodeError>) -> Reply {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.handle(req))).unwrap_or_else(|_| {
-        Reply::error(
-            ExceptionKind::QubesException,
-            "internal error in qubes-pci-admin; see the dom0 journal",
-        )
-    })
-}
-
 /// Exec-service mode: qrexec ran `/etc/qubes-rpc/<method>`. The reply is
 /// always written and the exit status is 0 whenever it was, because
 /// qubesadmin discards the reply of a service that exits non-zero.
@@ -167,7 +157,8 @@ fn exec_service(argv0: &str) -> ExitCode {
         Err(e) => Reply::error(
             ExceptionKind::QubesException,
             format!("bad qubes-pci-admin settings: {e}"),
-        ),
+        )
+        .encode(),
         Ok(config) => {
             let svc = Service::new(config);
             let argv1 = std::env::args().nth(1);
@@ -180,11 +171,11 @@ fn exec_service(argv0: &str) -> ExitCode {
                 Ok(payload) => payload
                     .and_then(|p| UntrustedRequest::decode_exec(argv0, argv1.as_deref(), |k| std::env::var(k).ok(), p)),
             };
-            answer(&svc, request)
+            svc.answer(request).bytes
         }
     };
     let mut out = std::io::stdout().lock();
-    match out.write_all(&reply.encode()).and_then(|_| out.flush()) {
+    match out.write_all(&reply).and_then(|_| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }
@@ -210,20 +201,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         untrusted_payload: payload,
                     }
                 });
-            let reply = answer(&svc, request);
-            std::io::stdout()
-                .write_all(&reply.encode())
-                .context("writing the reply")?;
-            Ok(ExitCode::from(reply.code()))
+            let reply = svc.answer(request);
+            std::io::stdout().write_all(&reply.bytes).context("writing the reply")?;
+            Ok(ExitCode::from(if reply.ok { 0 } else { 2 }))
         }
         Command::ServeConnection => {
             let request = read_capped(std::io::stdin().lock())
                 .context("reading the request from stdin")?
                 .and_then(|buf| UntrustedRequest::decode_socket(&buf));
-            let reply = answer(&svc, request);
-            std::io::stdout()
-                .write_all(&reply.encode())
-                .context("writing the reply")?;
+            let reply = svc.answer(request);
+            std::io::stdout().write_all(&reply.bytes).context("writing the reply")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(cmd) => policy(&svc, cmd),

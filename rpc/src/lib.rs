@@ -9,6 +9,7 @@ pub mod assignment;
 pub mod device;
 pub mod ident;
 pub mod method;
+pub mod native;
 pub mod options;
 pub mod props;
 pub mod reply;

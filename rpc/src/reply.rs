@@ -52,6 +52,30 @@ impl ExceptionKind {
         }
     }
 
+    /// A small number per kind: the native protocol's error code and the
+    /// client's exit status (0 is success, 1 and 2 are the client's own
+    /// failures).
+    pub fn code(self) -> u8 {
+        match self {
+            ExceptionKind::PermissionDenied => 3,
+            ExceptionKind::DeviceNotFound => 4,
+            ExceptionKind::DeviceAlreadyAssigned => 5,
+            ExceptionKind::DeviceNotAssigned => 6,
+            ExceptionKind::DeviceAlreadyAttached => 7,
+            ExceptionKind::QubesVMNotFoundError => 8,
+            ExceptionKind::QubesVMNotHaltedError => 9,
+            ExceptionKind::QubesVMNotRunningError => 10,
+            ExceptionKind::QubesValueError => 11,
+            ExceptionKind::QubesUnrecognizedDeviceAssignmentMode => 12,
+            ExceptionKind::ProtocolError => 13,
+            ExceptionKind::QubesException => 14,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<ExceptionKind> {
+        ExceptionKind::ALL.into_iter().find(|k| k.code() == code)
+    }
+
     pub fn from_name(name: &str) -> Option<ExceptionKind> {
         ExceptionKind::ALL.into_iter().find(|k| k.name() == name)
     }

@@ -3,7 +3,7 @@
 
 use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceRef, PciOptions, QubeName, Wild};
 
-use super::{Call, Service};
+use super::{Call, Output, Service};
 use crate::error::ApiError;
 use crate::passthrough::rules;
 use crate::pci::{Inventory, PciDevice};
@@ -12,7 +12,7 @@ use crate::store::{Record, State};
 /// The policy service that must also allow setting an option.
 pub const OPTION_SERVICE: &str = "admin.vm.device.pci.Option";
 
-pub(super) fn assign(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
+pub(super) fn assign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let dev = call.device_arg()?;
     let assignment =
         Assignment::deserialize(&call.req.untrusted_payload, &dev).map_err(|e| ApiError::Protocol(e.to_string()))?;
@@ -31,7 +31,7 @@ pub(super) fn assign(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
         .store()
         .update(|state| apply_assign(state, record, at_port.as_ref(), |name| grant_option(svc, call, name)))?;
     outcome.log();
-    Ok(Vec::new())
+    Ok(Output::Empty)
 }
 
 /// A validated assignment for `frontend`. Modes: PCI devices reach a qube
@@ -153,7 +153,7 @@ pub fn apply_assign(
 /// target (`admin.vm.device.pci.Option+NAME`); dom0 needs none.
 fn grant_option(svc: &Service, call: &Call, name: &str) -> Result<(), ApiError> {
     crate::policy::check_service(
-        &svc.config,
+        || svc.policy(),
         &call.system,
         &call.req.source,
         &call.req.target,
@@ -197,7 +197,7 @@ pub fn find_for_arg(state: &State, qube: &QubeName, dev: &DeviceRef) -> Option<u
 }
 
 /// `Unassign`: by stored identity, whether or not the device still exists.
-pub(super) fn unassign(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
+pub(super) fn unassign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let dev = call.device_arg()?;
     let qube = call.dest_name()?;
     let removed = svc.store().update(|state| match find_for_arg(state, &qube, &dev) {
@@ -207,11 +207,11 @@ pub(super) fn unassign(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> 
         ))),
     })?;
     tracing::info!(device = %removed.device_name(), qube = %qube, "unassigned");
-    Ok(Vec::new())
+    Ok(Output::Empty)
 }
 
 /// `Set.assignment`: the payload is exactly a mode; options are kept.
-pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
+pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let mode = match &call.req.untrusted_payload[..] {
         b"required" => AssignmentMode::Required,
         b"auto-attach" => AssignmentMode::AutoAttach,
@@ -234,5 +234,5 @@ pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> 
     if let Some((device, before)) = changed {
         tracing::info!(%device, qube = %qube, "assignment mode changed from {before} to {mode}");
     }
-    Ok(Vec::new())
+    Ok(Output::Empty)
 }

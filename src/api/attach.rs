@@ -4,10 +4,10 @@
 
 use qubes_pci_rpc::Assignment;
 
-use super::{Call, Service};
+use super::{Call, Output, Service};
 use crate::error::ApiError;
 
-pub(super) fn attach(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
+pub(super) fn attach(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let dev = call.device_arg()?;
     if !call.req.untrusted_payload.is_empty() {
         Assignment::deserialize(&call.req.untrusted_payload, &dev).map_err(|e| ApiError::Protocol(e.to_string()))?;
@@ -36,7 +36,7 @@ pub(super) fn attach(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
     )))
 }
 
-pub(super) fn detach(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
+pub(super) fn detach(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let dev = call.device_arg()?;
     let qube = call.dest_name()?;
     let running = call.dest_info().is_some_and(|i| i.is_running());

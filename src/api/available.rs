@@ -4,24 +4,25 @@ use std::collections::BTreeSet;
 
 use qubes_pci_rpc::{DeviceInfo, PciPath, QubeName};
 
-use super::{Arg, Call, Service};
+use super::{Arg, Call, Output, Service};
 use crate::error::ApiError;
 use crate::pci::{Inventory, PciDevice, PciNames};
 
-pub(super) fn handle(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
+pub(super) fn handle(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let filter = match &call.arg {
         Arg::Port(p) => Some(p),
         _ => None,
     };
     // Only dom0 exposes PCI devices.
     if !call.dest_is_dom0() {
-        return Ok(Vec::new());
+        return Ok(Output::Devices(Vec::new()));
     }
     let inventory = Inventory::scan(&svc.config.sysfs)?;
-    let infos = device_infos(&inventory, svc.config.pci_ids.as_deref(), filter);
-    let mut lines: Vec<String> = infos.iter().map(|i| i.to_line()).collect::<Result<_, _>>()?;
-    lines.sort();
-    Ok(lines.concat().into_bytes())
+    Ok(Output::Devices(device_infos(
+        &inventory,
+        svc.config.pci_ids.as_deref(),
+        filter,
+    )))
 }
 
 /// The `Available` view of the inventory, optionally of one port.

@@ -3,7 +3,7 @@
 
 use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceRef, QubeName, Wild};
 
-use super::{Arg, Call, Service};
+use super::{Arg, Call, Output, Service};
 use crate::error::ApiError;
 use crate::store::{Hold, Record, State};
 
@@ -15,15 +15,13 @@ fn filter(call: &Call) -> Option<&DeviceRef> {
     }
 }
 
-fn lines(assignments: impl Iterator<Item = Assignment>) -> Result<Vec<u8>, ApiError> {
-    let mut lines: Vec<String> = assignments.map(|a| a.to_line()).collect::<Result<_, _>>()?;
-    lines.sort();
-    Ok(lines.concat().into_bytes())
+fn lines(assignments: impl Iterator<Item = Assignment>) -> Result<Output, ApiError> {
+    Ok(Output::Assignments(assignments.collect()))
 }
 
-pub(super) fn assigned(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
+pub(super) fn assigned(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let Ok(qube) = call.dest_name() else {
-        return Ok(Vec::new());
+        return Ok(Output::Assignments(Vec::new()));
     };
     let state = svc.store().read()?;
     let filter = filter(call);
@@ -41,12 +39,12 @@ fn selects(f: &DeviceRef, r: &Record) -> bool {
         && (f.device_id == Wild::Any || f.device_id == r.device_id)
 }
 
-pub(super) fn attached(svc: &Service, call: &Call) -> Result<Vec<u8>, ApiError> {
+pub(super) fn attached(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let Ok(qube) = call.dest_name() else {
-        return Ok(Vec::new());
+        return Ok(Output::Assignments(Vec::new()));
     };
     if !call.dest_info().is_some_and(|i| i.is_running()) {
-        return Ok(Vec::new());
+        return Ok(Output::Assignments(Vec::new()));
     }
     let state = svc.store().read()?;
     let filter = filter(call);

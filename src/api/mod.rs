@@ -10,21 +10,84 @@ mod listing;
 use std::time::Instant;
 
 use qubes_pci_rpc::method::Want;
-use qubes_pci_rpc::{DecodeError, DeviceRef, Method, PciPath, QubeName, Reply, Request, UntrustedRequest, Wild};
+use std::sync::Arc;
+
+use qubes_pci_rpc::device::sanitize_value;
+use qubes_pci_rpc::native::{self, Answer, AssignmentEntry, DeviceEntry, NativeError, NativeReply, NativeRequest};
+use qubes_pci_rpc::{
+    Assignment, DecodeError, DeviceInfo, DeviceRef, Method, PciPath, QubeName, Reply, Request, UntrustedRequest,
+    UntrustedTarget, Wild,
+};
 
 pub use assign::{apply_assign, find_for_arg, record_of, AssignOutcome, OPTION_SERVICE};
 pub use available::{describe, device_infos};
 
+use crate::cache::{self, Cached};
 use crate::config::QUBESD_SOCKET;
 use crate::error::ApiError;
+use crate::policy::Policy;
 use crate::store::Store;
 use crate::sysinfo::{DomainInfo, SystemInfo};
 use crate::Config;
 
-/// The service: settings plus what each call loads.
-#[derive(Clone, Debug)]
+/// The service: settings, and (for the daemon) the parsed policy and
+/// system info kept while their files do not change.
+#[derive(Clone)]
 pub struct Service {
     pub config: Config,
+    policy: Arc<Cached<Policy>>,
+    system: Arc<Cached<SystemInfo>>,
+}
+
+/// What a method answers, before it is encoded for a protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Empty,
+    Devices(Vec<DeviceInfo>),
+    Assignments(Vec<Assignment>),
+}
+
+impl Output {
+    /// The text body: one line each, sorted.
+    pub fn to_text(&self) -> Result<Vec<u8>, ApiError> {
+        let mut lines: Vec<String> = match self {
+            Output::Empty => Vec::new(),
+            Output::Devices(d) => d.iter().map(|i| i.to_line()).collect::<Result<_, _>>()?,
+            Output::Assignments(a) => a.iter().map(|i| i.to_line()).collect::<Result<_, _>>()?,
+        };
+        lines.sort();
+        Ok(lines.concat().into_bytes())
+    }
+
+    /// The native answer, in the same order as the text lines.
+    pub fn to_answer(&self) -> Answer {
+        match self {
+            Output::Empty => Answer::Done,
+            Output::Devices(d) => {
+                let mut d: Vec<&DeviceInfo> = d.iter().collect();
+                d.sort_by_cached_key(|i| i.list_key());
+                Answer::Devices(d.into_iter().map(DeviceEntry::from).collect())
+            }
+            Output::Assignments(a) => {
+                let mut a: Vec<&Assignment> = a.iter().collect();
+                a.sort_by_cached_key(|i| i.to_line().unwrap_or_default());
+                Answer::Assignments(a.into_iter().map(AssignmentEntry::from).collect())
+            }
+        }
+    }
+}
+
+/// The protocol a call spoke, known from its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Text,
+    Native,
+}
+
+/// The encoded reply and whether it reports success.
+pub struct Response {
+    pub bytes: Vec<u8>,
+    pub ok: bool,
 }
 
 /// A method's argument, validated.
@@ -51,7 +114,7 @@ impl Arg {
 pub struct Call {
     pub req: Request,
     pub arg: Arg,
-    pub system: SystemInfo,
+    pub system: Arc<SystemInfo>,
     /// The destination's name in the system info.
     pub dest: String,
 }
@@ -94,60 +157,159 @@ impl Call {
 
 impl Service {
     pub fn new(config: Config) -> Service {
-        Service { config }
+        Service {
+            config,
+            policy: Arc::default(),
+            system: Arc::default(),
+        }
     }
 
     pub fn store(&self) -> Store {
         Store::new(&self.config.state_dir)
     }
 
-    pub fn system_info(&self) -> Result<SystemInfo, ApiError> {
-        Ok(match &self.config.system_info {
-            Some(path) => SystemInfo::load_file(path)?,
-            None => SystemInfo::load_qubesd(std::path::Path::new(QUBESD_SOCKET))?,
-        })
+    /// The policy, parsed again only when a file under the policy
+    /// directories (or one they include) changed.
+    pub fn policy(&self) -> Result<Arc<Policy>, String> {
+        let dirs = self.config.policy_dirs();
+        self.policy.get(
+            |p| {
+                let mut k = cache::stamps(&dirs, 3);
+                k.extend(cache::stamps(&p.files, 0));
+                k
+            },
+            || Policy::load_dirs(&dirs).map_err(|e| e.to_string()),
+        )
     }
 
-    /// Answers one request. Never panics on input; every failure is a
-    /// typed error reply.
-    pub fn handle(&self, untrusted: Result<UntrustedRequest, DecodeError>) -> Reply {
-        let start = Instant::now();
-        let (method, source, target, arg) = match &untrusted {
-            Ok(u) => (
-                u.untrusted_method.clone(),
-                u.untrusted_source.clone(),
-                format!("{:?}", u.untrusted_target),
-                u.untrusted_arg.clone(),
-            ),
-            Err(_) => Default::default(),
-        };
-        let result = untrusted.map_err(ApiError::from).and_then(|u| self.dispatch(u));
-        let micros = start.elapsed().as_micros() as u64;
-        match result {
-            Ok(body) => {
-                tracing::info!(
-                    method,
-                    source,
-                    target,
-                    arg,
-                    decision = "ok",
-                    duration_us = micros,
-                    "call"
-                );
-                Reply::Ok(body)
-            }
-            Err(e) => {
-                let kind = e.kind().name();
-                tracing::warn!(method, source, target, arg, decision = kind, duration_us = micros, error = %e, "call");
-                e.to_reply()
-            }
+    /// The system info: from the configured file (kept while it does not
+    /// change), or asked from qubesd on every call.
+    pub fn system_info(&self) -> Result<Arc<SystemInfo>, ApiError> {
+        match &self.config.system_info {
+            Some(path) => Ok(self.system.get(
+                |_| cache::stamps(std::slice::from_ref(path), 0),
+                || SystemInfo::load_file(path),
+            )?),
+            None => Ok(Arc::new(SystemInfo::load_qubesd(std::path::Path::new(QUBESD_SOCKET))?)),
         }
     }
 
-    fn dispatch(&self, untrusted: UntrustedRequest) -> Result<Vec<u8>, ApiError> {
-        let req = untrusted.validate()?;
+    /// Answers one request in the text protocol. Never panics on input;
+    /// every failure is a typed error reply.
+    pub fn handle(&self, untrusted: Result<UntrustedRequest, DecodeError>) -> Reply {
+        let (result, _) = self.run(untrusted, Protocol::Text);
+        match result.and_then(|o| o.to_text()) {
+            Ok(body) => Reply::Ok(body),
+            Err(e) => e.to_reply(),
+        }
+    }
+
+    /// Answers one request in the protocol its payload speaks: a native
+    /// frame gets a native reply, anything else the text reply.
+    pub fn respond(&self, untrusted: Result<UntrustedRequest, DecodeError>) -> Response {
+        let native = untrusted
+            .as_ref()
+            .is_ok_and(|u| native::is_native(&u.untrusted_payload));
+        if !native {
+            let reply = self.handle(untrusted);
+            return Response {
+                ok: reply.code() == 0,
+                bytes: reply.encode(),
+            };
+        }
+        let (result, (device, qube)) = self.run(untrusted, Protocol::Native);
+        let ok = result.is_ok();
+        let reply = NativeReply {
+            version: native::VERSION,
+            result: result
+                .map(|o| o.to_answer())
+                .map_err(|e| NativeError::new(e.kind(), e.to_string(), device, qube)),
+        };
+        let bytes = native::encode(&reply).unwrap_or_else(|_| {
+            Reply::error(
+                qubes_pci_rpc::ExceptionKind::QubesException,
+                "cannot encode the native reply",
+            )
+            .encode()
+        });
+        Response { bytes, ok }
+    }
+
+    /// [`Service::respond`], with a panic (a bug) turned into a typed
+    /// reply: a caller always gets an answer.
+    pub fn answer(&self, untrusted: Result<UntrustedRequest, DecodeError>) -> Response {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.respond(untrusted))).unwrap_or_else(|_| {
+            Response {
+                bytes: Reply::error(
+                    qubes_pci_rpc::ExceptionKind::QubesException,
+                    "internal error in qubes-pci-admin; see the dom0 journal",
+                )
+                .encode(),
+                ok: false,
+            }
+        })
+    }
+
+    /// Runs a call and logs one line for it: method, source, target,
+    /// argument, protocol, decision, duration (never the payload). Also
+    /// returns the device and qube the call named, for structured errors.
+    fn run(
+        &self,
+        untrusted: Result<UntrustedRequest, DecodeError>,
+        protocol: Protocol,
+    ) -> (Result<Output, ApiError>, (Option<String>, Option<String>)) {
+        let start = Instant::now();
+        let (method, source, target, arg) = match &untrusted {
+            Ok(u) => (
+                sanitize_value(&u.untrusted_method),
+                sanitize_value(&u.untrusted_source),
+                match &u.untrusted_target {
+                    UntrustedTarget::Name(n) => sanitize_value(n),
+                    UntrustedTarget::Keyword(k) => format!("@{}", sanitize_value(k)),
+                },
+                sanitize_value(&u.untrusted_arg),
+            ),
+            Err(_) => Default::default(),
+        };
+        let concerns = untrusted.as_ref().map_or((None, None), |u| {
+            let device = DeviceRef::from_qarg(&u.untrusted_arg).ok().map(|d| d.to_string());
+            let qube = match &u.untrusted_target {
+                UntrustedTarget::Name(n) => QubeName::parse(n).ok().map(|q| q.to_string()),
+                UntrustedTarget::Keyword(_) => Some("dom0".to_owned()),
+            };
+            (device, qube)
+        });
+        let result = untrusted
+            .map_err(ApiError::from)
+            .and_then(|u| self.dispatch(u, protocol));
+        let micros = start.elapsed().as_micros() as u64;
+        let proto = match protocol {
+            Protocol::Text => "text",
+            Protocol::Native => "native",
+        };
+        match &result {
+            Ok(_) => tracing::info!(
+                method,
+                source,
+                target,
+                arg,
+                protocol = proto,
+                decision = "ok",
+                duration_us = micros,
+                "call"
+            ),
+            Err(e) => {
+                let kind = e.kind().name();
+                tracing::warn!(method, source, target, arg, protocol = proto, decision = kind, duration_us = micros, error = %e, "call");
+            }
+        }
+        (result, concerns)
+    }
+
+    fn dispatch(&self, untrusted: UntrustedRequest, protocol: Protocol) -> Result<Output, ApiError> {
+        let mut req = untrusted.validate()?;
         let system = self.system_info()?;
-        crate::policy::check(&self.config, &system, &req)?;
+        crate::policy::check(|| self.policy(), &system, &req)?;
         let dest = match &req.target {
             qubes_pci_rpc::Target::AdminVm => "dom0".to_owned(),
             qubes_pci_rpc::Target::Qube(q) => match system.resolve(q) {
@@ -156,6 +318,12 @@ impl Service {
                 None => return Err(ApiError::NoSuchQube(q.to_string())),
             },
         };
+        if protocol == Protocol::Native {
+            // The typed request stands for the text payload it means; from
+            // here on both protocols take the same path.
+            let native = NativeRequest::decode(&req.untrusted_payload)?;
+            req.untrusted_payload = native.to_text_payload()?;
+        }
         check_generic(&req)?;
         let arg = Arg::parse(req.method, &req.untrusted_arg)?;
         let call = Call { req, arg, system, dest };

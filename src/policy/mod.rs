@@ -6,6 +6,8 @@ pub mod eval;
 pub mod parser;
 pub mod token;
 
+use std::sync::Arc;
+
 use qubes_pci_rpc::{QubeName, Request, Target};
 use serde_json::json;
 
@@ -14,16 +16,19 @@ pub use parser::{Policy, PolicyError};
 
 use crate::error::ApiError;
 pub use crate::sysinfo::SystemInfo as System;
-use crate::Config;
 
 /// Lets a call proceed or denies it. Calls from dom0 do not go through
 /// qrexec (as with qubesd). Any other call must be allowed (or asked, since
 /// qrexec has already asked the user) with dom0 as the resolved target:
 /// admin rules need `target=dom0`, otherwise qrexec would run the call in
 /// the managed qube, not here.
-pub fn check(config: &Config, system: &System, req: &Request) -> Result<(), ApiError> {
+pub fn check(
+    policy: impl FnOnce() -> Result<Arc<Policy>, String>,
+    system: &System,
+    req: &Request,
+) -> Result<(), ApiError> {
     let service = req.method.to_string();
-    check_service(config, system, &req.source, &req.target, &service, &req.untrusted_arg, true).map_err(
+    check_service(policy, system, &req.source, &req.target, &service, &req.untrusted_arg, true).map_err(
         |why| {
             tracing::warn!(method = %req.method, source = %req.source, target = %req.target, arg = req.untrusted_arg, "policy denied: {why}");
             ApiError::PermissionDenied(format!("{} denied by qrexec policy", req.method))
@@ -37,7 +42,7 @@ pub fn check(config: &Config, system: &System, req: &Request) -> Result<(), ApiE
 /// call. `Err` says why not (for the log; callers choose what the caller
 /// is told).
 pub fn check_service(
-    config: &Config,
+    policy: impl FnOnce() -> Result<Arc<Policy>, String>,
     system: &System,
     source: &QubeName,
     target: &Target,
@@ -48,8 +53,8 @@ pub fn check_service(
     if source.is_dom0() {
         return Ok(());
     }
-    let policy = Policy::load_dirs(&config.policy_dirs())
-        .map_err(|e| format!("the policy does not load, so every call is denied until it is fixed: {e}"))?;
+    let policy =
+        policy().map_err(|e| format!("the policy does not load, so every call is denied until it is fixed: {e}"))?;
     let service_and_arg = format!("{service}+{untrusted_arg}");
     let preq = PolicyRequest::new(&service_and_arg, source.as_str(), &target.to_string(), None, system)
         .map_err(|d| d.message)?;

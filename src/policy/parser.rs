@@ -300,11 +300,15 @@ pub fn parse_action(action: &str, params: &[&str], target: &Token) -> Result<Act
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     pub rules: Vec<Rule>,
+    /// Every file read to build it (includes too), for knowing when it is
+    /// out of date.
+    pub files: Vec<PathBuf>,
 }
 
 struct Loader<'a> {
     fs: &'a dyn PolicyFs,
     rules: Vec<Rule>,
+    files: Vec<PathBuf>,
     stack: Vec<PathBuf>,
     compat_dir: PathBuf,
 }
@@ -361,6 +365,7 @@ impl Policy {
         let mut loader = Loader {
             fs,
             rules: Vec::new(),
+            files: Vec::new(),
             stack: Vec::new(),
             compat_dir: compat_dir.to_owned(),
         };
@@ -368,7 +373,10 @@ impl Policy {
             let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
             loader.load_file(path, &dir, None)?;
         }
-        Ok(Policy { rules: loader.rules })
+        Ok(Policy {
+            rules: loader.rules,
+            files: loader.files,
+        })
     }
 
     /// Loads one entry file (`__main__` style) from any filesystem.
@@ -376,12 +384,16 @@ impl Policy {
         let mut loader = Loader {
             fs,
             rules: Vec::new(),
+            files: Vec::new(),
             stack: Vec::new(),
             compat_dir: compat_dir.to_owned(),
         };
         let dir = entry.parent().unwrap_or(Path::new("")).to_owned();
         loader.load_file(entry, &dir, None)?;
-        Ok(Policy { rules: loader.rules })
+        Ok(Policy {
+            rules: loader.rules,
+            files: loader.files,
+        })
     }
 
     /// Parses policy text given directly (one file).
@@ -417,6 +429,7 @@ impl Loader<'_> {
             .fs
             .read(path)
             .map_err(|e| err(None, format!("failed to read policy file: {e}")))?;
+        self.files.push(path.to_owned());
         self.stack.push(path.to_owned());
         let result = self.load_lines(&text, &file, policy_dir, service);
         self.stack.pop();
