@@ -9,6 +9,7 @@ pub mod migrate;
 pub mod passthrough;
 pub mod pci;
 pub mod policy;
+pub mod serve;
 pub mod store;
 pub mod sysinfo;
 

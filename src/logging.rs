@@ -1,6 +1,7 @@
 //! Logs through `tracing`: to journald when its socket exists, otherwise to
 //! stderr. `QUBES_PCI_ADMIN_LOG` sets the filter (default `info`).
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing_subscriber::layer::SubscriberExt;
@@ -23,6 +24,7 @@ pub fn init(default_level: &str) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_target(false),
             )
             .try_init(),

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use qubes_pci_admin::api::Service;
 use qubes_pci_admin::pci::Inventory;
+use qubes_pci_admin::serve::{self, ServeOptions};
 use qubes_pci_admin::{logging, Config};
 use qubes_pci_rpc::{DecodeError, ExceptionKind, Reply, UntrustedRequest, UntrustedTarget, MAX_REQUEST};
 
@@ -45,6 +46,28 @@ enum Command {
     /// header, a NUL, the payload; then the reply), as under systemd's
     /// `Accept=yes`.
     ServeConnection,
+    /// Run the resident service on a Unix socket (qrexec socket-service
+    /// framing), from --socket or systemd socket activation. Stops on
+    /// SIGTERM after the calls in flight.
+    Serve {
+        /// Listen here instead of on the socket systemd passes (LISTEN_FDS).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Calls answered at the same time (as many more may wait).
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        /// Milliseconds a client may take to send its whole request.
+        #[arg(long, default_value_t = 5000)]
+        read_deadline_ms: u64,
+        /// Answer every call with its own payload, doing nothing else (the
+        /// transport's floor, for benchmarks).
+        #[arg(long, hide = true)]
+        echo: bool,
+    },
+    /// Write `0\0` and stdin to stdout: the floor of an exec-mode call, for
+    /// benchmarks.
+    #[command(hide = true)]
+    Echo,
     /// Check or query the qrexec policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -125,8 +148,12 @@ fn main() -> ExitCode {
     if base.starts_with("admin.") {
         return exec_service(&argv0);
     }
-    logging::init("warn");
     let cli = Cli::parse();
+    logging::init(if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    });
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -211,6 +238,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .and_then(|buf| UntrustedRequest::decode_socket(&buf));
             let reply = svc.answer(request);
             std::io::stdout().write_all(&reply.bytes).context("writing the reply")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            socket,
+            workers,
+            read_deadline_ms,
+            echo,
+        } => {
+            let opts = ServeOptions {
+                socket,
+                workers,
+                read_deadline: std::time::Duration::from_millis(read_deadline_ms),
+                echo,
+            };
+            serve::serve(svc, opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo => {
+            let mut input = Vec::new();
+            std::io::stdin().take(MAX_REQUEST as u64).read_to_end(&mut input)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(b"0\0")?;
+            out.write_all(&input)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(cmd) => policy(&svc, cmd),

@@ -1,0 +1,384 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+//! `qubes-pci-admin serve` on a temporary socket: readiness, concurrency,
+//! deadlines, SIGTERM under load, socket activation.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{FakeSysfs, TestEnv, BIN};
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    notify: UnixDatagram,
+}
+
+impl Daemon {
+    fn start(env: &TestEnv, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
+        let socket = env.dir.path().join("qpa.sock");
+        let notify_path = env.dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("QUBES_PCI_ADMIN_LOG", "off")
+            .env("NOTIFY_SOCKET", &notify_path);
+        for (k, v) in env.envs() {
+            c.env(k, v);
+        }
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.arg("serve").arg("--socket").arg(&socket).args(extra);
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, socket, notify };
+        let msg = d.next_notify();
+        assert!(msg.lines().any(|l| l == "READY=1"), "first notification: {msg:?}");
+        d
+    }
+
+    fn next_notify(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.notify.recv(&mut buf).expect("a notification from the daemon");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn term(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One socket-service call: header, NUL, payload, close our end; the reply.
+fn sock_call(path: &Path, header: &str, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = UnixStream::connect(path)?;
+    s.write_all(header.as_bytes())?;
+    s.write_all(b"\0")?;
+    s.write_all(payload)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn policy_env() -> TestEnv {
+    let env = TestEnv::new(FakeSysfs::standard());
+    env.write_policy(
+        "30-t.policy",
+        "admin.vm.device.pci.Available * mgmt @adminvm allow target=dom0\n\
+         admin.vm.device.pci.Assigned * mgmt @anyvm allow target=dom0\n",
+    );
+    env
+}
+
+#[test]
+fn sixty_four_concurrent_clients_are_all_answered_correctly() {
+    let env = policy_env();
+    let out = env.call(
+        "dom0",
+        "work",
+        "admin.vm.device.pci.Assign+dom0+00_14.0",
+        b"mode='required'",
+    );
+    assert!(out.stdout.starts_with(b"0\0"));
+    let expected_available = env
+        .call("mgmt", "@adminvm", "admin.vm.device.pci.Available", b"")
+        .stdout;
+    let expected_assigned = env.call("mgmt", "work", "admin.vm.device.pci.Assigned", b"").stdout;
+    let expected_denied = env
+        .call("work", "@adminvm", "admin.vm.device.pci.Available", b"")
+        .stdout;
+    assert!(expected_denied.starts_with(b"2\0PermissionDenied\0"));
+    let d = Daemon::start(&env, &["--workers", "8"], &[]);
+    let socket = Arc::new(d.socket.clone());
+    let barrier = Arc::new(std::sync::Barrier::new(64));
+    let handles: Vec<_> = (0..64)
+        .map(|i| {
+            let socket = socket.clone();
+            let barrier = barrier.clone();
+            let (header, expected) = match i % 3 {
+                0 => (
+                    "admin.vm.device.pci.Available mgmt keyword adminvm",
+                    expected_available.clone(),
+                ),
+                1 => ("admin.vm.device.pci.Assigned mgmt name work", expected_assigned.clone()),
+                _ => (
+                    "admin.vm.device.pci.Available work keyword adminvm",
+                    expected_denied.clone(),
+                ),
+            };
+            std::thread::spawn(move || {
+                barrier.wait();
+                let got = sock_call(&socket, header, b"").unwrap();
+                assert_eq!(got, expected, "client {i}");
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn a_stalled_client_is_cut_off_without_blocking_others() {
+    let env = policy_env();
+    let mut d = Daemon::start(&env, &["--workers", "2", "--read-deadline-ms", "800"], &[]);
+    let start = Instant::now();
+    // Sends a header and stalls: never closes its end.
+    let mut stalled = UnixStream::connect(&d.socket).unwrap();
+    stalled
+        .write_all(b"admin.vm.device.pci.Available mgmt keyword adminvm\0")
+        .unwrap();
+    // Others are answered meanwhile, well before the deadline.
+    for _ in 0..10 {
+        let got = sock_call(&d.socket, "admin.vm.device.pci.Available mgmt keyword adminvm", b"").unwrap();
+        assert!(got.starts_with(b"0\0"));
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(700),
+        "others waited {:?}",
+        start.elapsed()
+    );
+    let mut reply = Vec::new();
+    stalled.read_to_end(&mut reply).unwrap();
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(800), "cut off too early: {waited:?}");
+    assert!(
+        reply.starts_with(b"2\0ProtocolError\0"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(d.term().code(), Some(0));
+}
+
+#[test]
+fn oversized_and_malformed_requests_get_typed_replies() {
+    let env = policy_env();
+    let d = Daemon::start(&env, &[], &[]);
+    let big = vec![b'x'; 70_000];
+    let got = sock_call(
+        &d.socket,
+        "admin.vm.device.pci.Assign+dom0+00_14.0 dom0 name work",
+        &big,
+    );
+    // The daemon may answer before it has read everything; either way the
+    // answer, when it arrives, is a typed error.
+    if let Ok(got) = got {
+        assert!(
+            got.starts_with(b"2\0ProtocolError\0"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let got = sock_call(&d.socket, "garbage", b"").unwrap();
+    assert!(got.starts_with(b"2\0ProtocolError\0"));
+    let got = sock_call(&d.socket, "admin.vm.device.pci.Available mgmt keyword adminvm", b"").unwrap();
+    assert!(got.starts_with(b"0\0"), "still serving");
+}
+
+#[test]
+fn sigterm_under_load_loses_no_acknowledged_write() {
+    let env = TestEnv::new(FakeSysfs::many(64));
+    let mut d = Daemon::start(&env, &["--workers", "4"], &[]);
+    let socket = Arc::new(d.socket.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let socket = socket.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in (8 * w..8 * w + 8).cycle().take(200) {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let port = format!("00_{:02x}.0-00_{:02x}.0", i / 32, i % 32);
+                    let assign = !acked.iter().any(|(p, a)| p == &port && *a);
+                    let header = if assign {
+                        format!("admin.vm.device.pci.Assign+dom0+{port} dom0 name work")
+                    } else {
+                        format!("admin.vm.device.pci.Unassign+dom0+{port} dom0 name work")
+                    };
+                    let payload: &[u8] = if assign { b"mode='required'" } else { b"" };
+                    match sock_call(&socket, &header, payload) {
+                        Ok(r) if r.starts_with(b"0\0") => {
+                            acked.retain(|(p, _)| p != &port);
+                            acked.push((port, assign));
+                        }
+                        Ok(r) if r.is_empty() => {}
+                        Ok(r) => panic!("unexpected reply {}", String::from_utf8_lossy(&r)),
+                        Err(_) => {}
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = d.term();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(status.code(), Some(0), "exits 0 after SIGTERM");
+    let mut must_have = BTreeSet::new();
+    let mut must_not = BTreeSet::new();
+    let mut acks = 0;
+    for w in writers {
+        for (port, assigned) in w.join().unwrap() {
+            acks += 1;
+            if assigned {
+                must_have.insert(port);
+            } else {
+                must_not.insert(port);
+            }
+        }
+    }
+    assert!(acks > 0, "some writes were acknowledged before the stop");
+    let dump = env.dump();
+    let stored: BTreeSet<String> = dump["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["port"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        must_have.is_subset(&stored),
+        "lost: {:?}",
+        must_have.difference(&stored).collect::<Vec<_>>()
+    );
+    assert!(must_not.is_disjoint(&stored));
+    assert!(!d.socket.exists(), "the socket file is removed on exit");
+}
+
+#[test]
+fn notifies_status_watchdog_and_stopping() {
+    let env = policy_env();
+    let mut d = Daemon::start(&env, &[], &[("WATCHDOG_USEC", "200000")]);
+    sock_call(&d.socket, "admin.vm.device.pci.Available mgmt keyword adminvm", b"").unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(seen.contains("WATCHDOG=1") && seen.contains("STATUS=1 calls answered")) {
+        assert!(Instant::now() < deadline, "notifications so far: {seen:?}");
+        seen.push_str(&d.next_notify());
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut last = String::new();
+    while !last.contains("STOPPING=1") {
+        last = d.next_notify();
+    }
+    assert!(last.contains("STATUS=stopping"), "{last}");
+    assert_eq!(d.child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn policy_edits_take_effect_on_the_next_call() {
+    let env = policy_env();
+    let d = Daemon::start(&env, &[], &[]);
+    let header = "admin.vm.device.pci.Available gui keyword adminvm";
+    assert!(sock_call(&d.socket, header, b"")
+        .unwrap()
+        .starts_with(b"2\0PermissionDenied\0"));
+    // Let the cache settle on the old files, then edit.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sock_call(&d.socket, header, b"")
+        .unwrap()
+        .starts_with(b"2\0PermissionDenied\0"));
+    env.write_policy(
+        "20-gui.policy",
+        "admin.vm.device.pci.Available * gui @adminvm allow target=dom0\n",
+    );
+    assert!(sock_call(&d.socket, header, b"").unwrap().starts_with(b"0\0"));
+    std::fs::remove_file(env.policy_dir().join("20-gui.policy")).unwrap();
+    assert!(sock_call(&d.socket, header, b"")
+        .unwrap()
+        .starts_with(b"2\0PermissionDenied\0"));
+    // A broken policy denies everything, at once.
+    std::thread::sleep(Duration::from_millis(300));
+    env.write_policy("10-broken.policy", "this is not a rule\n");
+    let got = sock_call(&d.socket, "admin.vm.device.pci.Available mgmt keyword adminvm", b"").unwrap();
+    assert!(got.starts_with(b"2\0PermissionDenied\0"));
+}
+
+#[test]
+fn socket_activation_takes_the_passed_socket() {
+    let env = policy_env();
+    let socket = env.dir.path().join("activated.sock");
+    // A stand-in for systemd: bind, pass the socket as fd 3 with LISTEN_FDS
+    // and LISTEN_PID, exec the daemon.
+    let script = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1]); s.listen(16)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], [sys.argv[2], "serve"])
+"#;
+    let mut c = Command::new("python3");
+    c.env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env.envs() {
+        c.env(k, v);
+    }
+    let mut child = c
+        .args(["-c", script])
+        .arg(&socket)
+        .arg(BIN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        match sock_call(&socket, "admin.vm.device.pci.Available mgmt keyword adminvm", b"") {
+            Ok(r) if !r.is_empty() => break r,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("no answer on the activated socket: {other:?}"),
+        }
+    };
+    assert!(got.starts_with(b"0\0"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(socket.exists(), "a socket systemd owns is left in place");
+}
+
+#[test]
+fn without_a_socket_it_says_what_to_do() {
+    let env = policy_env();
+    let out = env.cli(&["serve"], b"");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--socket"));
+}
