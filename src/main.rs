@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use qubes_pci_admin::api::Service;
 use qubes_pci_admin::pci::Inventory;
 use qubes_pci_admin::serve::{self, ServeOptions};
@@ -64,6 +64,12 @@ enum Command {
         #[arg(long, hide = true)]
         echo: bool,
     },
+    /// Print a shell completion script.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
     /// Write `0\0` and stdin to stdout: the floor of an exec-mode call, for
     /// benchmarks.
     #[command(hide = true)]
@@ -253,6 +259,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 echo,
             };
             serve::serve(svc, opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "qubes-pci-admin", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo => {

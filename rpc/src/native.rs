@@ -231,6 +231,60 @@ impl AssignmentEntry {
     }
 }
 
+/// The entries of a text `Available` body (`port:device_id props`), so a
+/// client shows both protocols the same way.
+pub fn devices_from_text(untrusted_body: &[u8], backend: &QubeName) -> Result<Vec<DeviceEntry>, DecodeError> {
+    lines(untrusted_body)?
+        .map(|line| {
+            let (head, rest) = line.split_once(' ').ok_or(DecodeError::MalformedProperties)?;
+            let (port, device_id) = head.split_once(':').ok_or(DecodeError::MalformedProperties)?;
+            let port = PciPath::parse(port)?;
+            let device_id = DeviceId::parse(device_id)?;
+            let p = crate::props::unpack(rest.as_bytes())?;
+            Ok(DeviceEntry {
+                backend: backend.to_string(),
+                port: port.to_string(),
+                device_id: device_id.to_string(),
+                vendor: p.get("vendor").map(str::to_owned),
+                product: p.get("product").map(str::to_owned),
+                data: p.options,
+            })
+        })
+        .collect()
+}
+
+/// The entries of a text `Assigned`/`Attached` body
+/// (`backend+port:device_id props`).
+pub fn assignments_from_text(untrusted_body: &[u8]) -> Result<Vec<AssignmentEntry>, DecodeError> {
+    lines(untrusted_body)?
+        .map(|line| {
+            let (head, rest) = line.split_once(' ').ok_or(DecodeError::MalformedProperties)?;
+            let (backend, ident) = head.split_once('+').ok_or(DecodeError::MalformedProperties)?;
+            let (port, device_id) = ident.split_once(':').ok_or(DecodeError::MalformedProperties)?;
+            let expected = DeviceRef {
+                backend: QubeName::parse(backend)?,
+                port: match port {
+                    "*" => Wild::Any,
+                    p => Wild::Is(PciPath::parse(p)?),
+                },
+                device_id: match device_id {
+                    "*" => Wild::Any,
+                    d => Wild::Is(DeviceId::parse(d)?),
+                },
+            };
+            Ok(AssignmentEntry::from(&Assignment::deserialize(
+                rest.as_bytes(),
+                &expected,
+            )?))
+        })
+        .collect()
+}
+
+fn lines(untrusted_body: &[u8]) -> Result<impl Iterator<Item = &str>, DecodeError> {
+    let text = std::str::from_utf8(untrusted_body).map_err(|_| DecodeError::NotAscii)?;
+    Ok(text.lines().filter(|l| !l.is_empty()))
+}
+
 impl NativeError {
     pub fn new(kind: ExceptionKind, message: String, device: Option<String>, qube: Option<String>) -> NativeError {
         NativeError {
@@ -312,6 +366,29 @@ mod tests {
         };
         let back: NativeReply = decode(&encode(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn text_bodies_parse_into_the_same_entries() {
+        let info = DeviceInfo {
+            backend: QubeName::dom0(),
+            port: PciPath::parse("00_14.0").unwrap(),
+            device_id: DeviceId::parse("0x8086:0x8cb1::p0c0330").unwrap(),
+            vendor: Some("Intel Corporation".into()),
+            product: None,
+            data: vec![("sbdf".into(), "0000:00:14.0".into())],
+        };
+        let parsed = devices_from_text(info.to_line().unwrap().as_bytes(), &QubeName::dom0()).unwrap();
+        assert_eq!(parsed, vec![DeviceEntry::from(&info)]);
+        let a = Assignment {
+            device: DeviceRef::from_qarg("dom0+00_14.0").unwrap(),
+            frontend: Some(QubeName::parse("work").unwrap()),
+            mode: AssignmentMode::Required,
+            options: vec![("no-strict-reset".into(), "True".into())],
+        };
+        let parsed = assignments_from_text(a.to_line().unwrap().as_bytes()).unwrap();
+        assert_eq!(parsed, vec![AssignmentEntry::from(&a)]);
+        assert!(assignments_from_text(b"dom0+00_14.0:* mode='required' port_id='00_15.0'\n").is_err());
     }
 
     proptest::proptest! {
