@@ -1,0 +1,174 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+//! The install layout: every path the packages install from the source tree
+//! exists in the repository, the qrexec service entries name real methods,
+//! the units are what the daemon expects, man pages and completions come
+//! from the CLI definitions.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use qubes_pci_rpc::Method;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(ROOT).join(p)
+}
+
+/// Source-tree paths on `install`/`cp` lines (not build outputs, not
+/// macros), globs expanded by prefix.
+fn installed_sources(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("install") | Some("cp") => {}
+            _ => continue,
+        }
+        let mut skip = false;
+        for w in words {
+            if std::mem::take(&mut skip) {
+                continue;
+            }
+            if w == "-m" {
+                skip = true;
+                continue;
+            }
+            if w.starts_with('-') || w.starts_with('%') || w.starts_with('$') || w.starts_with("debian/") {
+                continue;
+            }
+            if w.starts_with("target/") {
+                continue;
+            }
+            // The first source-tree word is the source.
+            out.push(w.to_owned());
+            break;
+        }
+    }
+    out
+}
+
+fn exists(pattern: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => {
+            let p = repo(prefix);
+            let (dir, start) = (
+                p.parent().unwrap().to_owned(),
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+            );
+            std::fs::read_dir(dir)
+                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(&start)))
+                .unwrap_or(false)
+        }
+        None => repo(pattern).symlink_metadata().is_ok(),
+    }
+}
+
+#[test]
+fn every_path_the_packages_install_exists() {
+    let spec = std::fs::read_to_string(repo("packaging/qubes-pci-admin.spec")).unwrap();
+    let rules = std::fs::read_to_string(repo("packaging/debian/rules")).unwrap();
+    let mut sources = installed_sources(&spec);
+    sources.extend(installed_sources(&rules));
+    for extra in ["packaging/cargo-vendor-config.toml", "LICENSE", "README.md"] {
+        assert!(
+            spec.contains(extra) || rules.contains(extra) || extra == "LICENSE",
+            "{extra}"
+        );
+        sources.push(extra.to_owned());
+    }
+    assert!(sources.len() >= 10, "{sources:?}");
+    for s in &sources {
+        assert!(exists(s), "packaging installs {s}, which is not in the repository");
+    }
+    // Both binaries the spec installs are binaries of this package.
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
+    for bin in ["qubes-pci-admin", "qubes-pci"] {
+        assert!(spec.contains(&format!("target/release/{bin} ")), "{bin}");
+        assert!(manifest.contains(&format!("name = \"{bin}\"")), "{bin}");
+    }
+    assert!(
+        spec.contains("--offline") && rules.contains("--offline"),
+        "builds must not need the network"
+    );
+}
+
+#[test]
+fn service_entries_name_real_methods_in_both_styles() {
+    for (style, target) in [
+        ("socket", "/run/qubes-pci-admin.sock"),
+        ("exec", "/usr/bin/qubes-pci-admin"),
+    ] {
+        let dir = repo(&format!("service/qubes-rpc/{style}"));
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut methods: Vec<String> = Method::ALL.iter().map(|m| m.to_string()).collect();
+        methods.sort();
+        assert_eq!(names, methods, "{style} entries");
+        for n in &names {
+            Method::parse(n).unwrap();
+            let link = std::fs::read_link(dir.join(n)).unwrap();
+            assert_eq!(link, Path::new(target), "{style}/{n}");
+        }
+    }
+    // The socket entries point at the socket the socket unit creates.
+    let socket = std::fs::read_to_string(repo("service/qubes-pci-admin.socket")).unwrap();
+    assert!(socket.contains("ListenStream=/run/qubes-pci-admin.sock"));
+    assert!(
+        socket.contains("Accept=no"),
+        "the daemon takes the listening socket (LISTEN_FDS)"
+    );
+}
+
+#[test]
+fn the_service_unit_is_a_sandboxed_notify_service() {
+    let unit = std::fs::read_to_string(repo("service/qubes-pci-admin.service")).unwrap();
+    for needed in [
+        "Type=notify",
+        "ExecStart=/usr/bin/qubes-pci-admin serve",
+        "WatchdogSec=",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/qubes-pci-admin",
+        "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_UNIX",
+    ] {
+        assert!(unit.contains(needed), "missing {needed}");
+    }
+    // The state dir the unit allows is the daemon's default.
+    let out = std::process::Command::new(common::BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/var/lib/qubes-pci-admin"));
+}
+
+#[test]
+fn man_pages_and_completions_come_from_the_cli() {
+    let client = env!("CARGO_BIN_EXE_qubes-pci");
+    for (bin, subcommands) in [
+        (
+            common::BIN,
+            &["serve", "prepare-start", "import-qubes-xml", "policy"][..],
+        ),
+        (client, &["assign", "unassign", "set-mode", "assigned"][..]),
+    ] {
+        let man = std::process::Command::new(bin).arg("man").output().unwrap();
+        assert!(man.status.success());
+        let man = String::from_utf8(man.stdout).unwrap();
+        assert!(man.starts_with(".ie") && man.contains(".TH"), "roff");
+        for shell in ["bash", "zsh", "fish"] {
+            let c = std::process::Command::new(bin)
+                .args(["completions", shell])
+                .output()
+                .unwrap();
+            assert!(c.status.success());
+            let c = String::from_utf8(c.stdout).unwrap();
+            for s in subcommands {
+                // roff escapes '-' as '\-'.
+                assert!(man.replace("\\-", "-").contains(s), "{bin} man page lacks {s}");
+                assert!(c.contains(s), "{bin} {shell} completion lacks {s}");
+            }
+        }
+    }
+}
