@@ -17,7 +17,7 @@ pub(super) fn handle(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     if !call.dest_is_dom0() {
         return Ok(Output::Devices(Vec::new()));
     }
-    let inventory = Inventory::scan(&svc.config.sysfs)?;
+    let inventory = svc.inventory()?;
     Ok(Output::Devices(device_infos(
         &inventory,
         svc.config.pci_ids.as_deref(),

@@ -25,6 +25,7 @@ pub use available::{describe, device_infos};
 use crate::cache::{self, Cached};
 use crate::config::QUBESD_SOCKET;
 use crate::error::ApiError;
+use crate::pci::{Inventory, InventoryCache};
 use crate::policy::Policy;
 use crate::store::Store;
 use crate::sysinfo::{DomainInfo, SystemInfo};
@@ -37,6 +38,7 @@ pub struct Service {
     pub config: Config,
     policy: Arc<Cached<Policy>>,
     system: Arc<Cached<SystemInfo>>,
+    devices: Arc<InventoryCache>,
 }
 
 /// What a method answers, before it is encoded for a protocol.
@@ -161,7 +163,14 @@ impl Service {
             config,
             policy: Arc::default(),
             system: Arc::default(),
+            devices: Arc::default(),
         }
+    }
+
+    /// dom0's PCI devices, read again on every call (what a daemon keeps of
+    /// a device it saw before is only what cannot change while it exists).
+    pub fn inventory(&self) -> Result<Inventory, ApiError> {
+        Ok(Inventory::scan_cached(&self.config.sysfs, &self.devices)?)
     }
 
     pub fn store(&self) -> Store {

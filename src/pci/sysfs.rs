@@ -132,6 +132,19 @@ impl Inventory {
 
     /// Reads every device under `<root>/bus/pci/devices`.
     pub fn scan(root: &Path) -> Result<Inventory, SysfsError> {
+        Inventory::scan_with(root, None)
+    }
+
+    /// Like [`Inventory::scan`], reusing what `cache` read before for a
+    /// device whose sysfs directory is the same one (same inode: a device
+    /// removed and added again gets a new directory). Only the attributes
+    /// that change while a device exists are read again: its driver and
+    /// its reset methods.
+    pub fn scan_cached(root: &Path, cache: &InventoryCache) -> Result<Inventory, SysfsError> {
+        Inventory::scan_with(root, Some(cache))
+    }
+
+    fn scan_with(root: &Path, cache: Option<&InventoryCache>) -> Result<Inventory, SysfsError> {
         let roots = root_buses(root)?;
         let dir = root.join("bus/pci/devices");
         let entries = std::fs::read_dir(&dir).map_err(|source| SysfsError::List {
@@ -152,13 +165,57 @@ impl Inventory {
             if sbdf.to_string() != name {
                 continue;
             }
-            match read_device(root, &roots, sbdf) {
+            let read = match cache {
+                None => read_device(root, &roots, sbdf),
+                Some(c) => c.read(root, &roots, sbdf),
+            };
+            match read {
                 Ok(d) => devices.push(d),
                 Err(why) => tracing::warn!(device = %sbdf, "skipping PCI device: {why}"),
             }
         }
         devices.sort_by_cached_key(|d| d.port.to_string());
+        if let Some(c) = cache {
+            c.keep_only(&devices);
+        }
         Ok(Inventory { devices })
+    }
+}
+
+/// What a daemon keeps of each device between scans, by the inode of its
+/// sysfs directory.
+#[derive(Debug, Default)]
+pub struct InventoryCache {
+    devices: std::sync::Mutex<std::collections::HashMap<Sbdf, (u64, PciDevice)>>,
+}
+
+impl InventoryCache {
+    fn read(&self, root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<PciDevice, String> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = real_dir(root, &sbdf);
+        let ino = std::fs::metadata(&dir).map_err(|e| format!("stat: {e}"))?.ino();
+        let cached = self
+            .devices
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&sbdf).filter(|(i, _)| *i == ino).map(|(_, d)| d.clone()));
+        if let Some(mut d) = cached {
+            d.driver = read_driver(&dir);
+            let mut problems = Vec::new();
+            d.reset = read_reset(&dir, &mut problems);
+            return Ok(d);
+        }
+        let d = read_device(root, roots, sbdf)?;
+        if let Ok(mut m) = self.devices.lock() {
+            m.insert(sbdf, (ino, d.clone()));
+        }
+        Ok(d)
+    }
+
+    fn keep_only(&self, present: &[PciDevice]) {
+        if let Ok(mut m) = self.devices.lock() {
+            m.retain(|sbdf, _| present.iter().any(|d| &d.sbdf == sbdf));
+        }
     }
 }
 
@@ -279,6 +336,24 @@ fn parse_hex(s: &str) -> Option<u32> {
     u32::from_str_radix(s.strip_prefix("0x").unwrap_or(s), 16).ok()
 }
 
+fn read_driver(dir: &Path) -> Option<String> {
+    std::fs::read_link(dir.join("driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+fn read_reset(dir: &Path, problems: &mut Vec<String>) -> Reset {
+    match read_attr(dir, "reset_method") {
+        Ok(Some(m)) => Reset::Methods(m.split_whitespace().map(str::to_owned).collect()),
+        Ok(None) if dir.join("reset").exists() => Reset::Unlisted,
+        Ok(None) => Reset::None,
+        Err(e) => {
+            problems.push(format!("reset_method: {e}"));
+            Reset::Unlisted
+        }
+    }
+}
+
 fn read_device(root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<PciDevice, String> {
     let port = port_of(root, roots, sbdf)?;
     let dir = real_dir(root, &sbdf);
@@ -307,18 +382,8 @@ fn read_device(root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<P
         _ => None,
     };
     let revision = hex("revision", 0xff).map(|v| v as u8);
-    let driver = std::fs::read_link(dir.join("driver"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-    let reset = match read_attr(&dir, "reset_method") {
-        Ok(Some(m)) => Reset::Methods(m.split_whitespace().map(str::to_owned).collect()),
-        Ok(None) if dir.join("reset").exists() => Reset::Unlisted,
-        Ok(None) => Reset::None,
-        Err(e) => {
-            problems.push(format!("reset_method: {e}"));
-            Reset::Unlisted
-        }
-    };
+    let driver = read_driver(&dir);
+    let reset = read_reset(&dir, &mut problems);
     Ok(PciDevice {
         sbdf,
         port,

@@ -1,0 +1,209 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+//! Calls per second for `Available` and `Assigned` through the daemon with
+//! 1, 8 and 64 concurrent clients, and exec-mode latency for the same calls,
+//! each against a trivial echo served the same way (the daemon's hidden
+//! `--echo`, and `qubes-pci-admin echo` for exec mode), in one run.
+//! `cargo bench --bench daemon`.
+
+#[path = "../tests/common/fakesys.rs"]
+mod fakesys;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qubes-pci-admin");
+const RUN_FOR: Duration = Duration::from_millis(1500);
+const EXEC_ROUNDS: usize = 200;
+
+fn sock_call(path: &Path, header: &str) -> Vec<u8> {
+    let mut s = UnixStream::connect(path).unwrap();
+    s.write_all(header.as_bytes()).unwrap();
+    s.write_all(b"\0").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    out
+}
+
+/// Calls per second with `clients` threads calling back to back.
+fn rate(socket: &Path, header: &str, clients: usize) -> f64 {
+    let start = Instant::now();
+    let total: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0;
+                    while start.elapsed() < RUN_FOR {
+                        let r = sock_call(socket, header);
+                        assert!(r.starts_with(b"0\0"), "{}", String::from_utf8_lossy(&r));
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+struct Daemon(Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(envs: &[(&str, PathBuf)], socket: &Path, extra: &[&str]) -> Daemon {
+    let child = Command::new(BIN)
+        .env_clear()
+        .envs(envs.iter().map(|(k, v)| (*k, v)))
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .args(["serve", "--workers", "16", "--socket"])
+        .arg(socket)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(socket).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon(child)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Median wall time of running `program args` with `envs`, payload empty.
+fn exec_latency(program: &Path, args: &[&str], envs: &[(&str, String)]) -> Duration {
+    let times = (0..EXEC_ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            let out = Command::new(program)
+                .env_clear()
+                .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(
+                out.stdout.starts_with(b"0\0"),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            start.elapsed()
+        })
+        .collect();
+    median(times)
+}
+
+fn main() {
+    let sys = fakesys::FakeSysfs::many(32);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(
+        policy.join("30-bench.policy"),
+        "admin.vm.device.pci.Available * mgmt @adminvm allow target=dom0\n\
+         admin.vm.device.pci.Assigned * mgmt @anyvm allow target=dom0\n\
+         admin.vm.device.pci.Assign * mgmt @anyvm allow target=dom0\n",
+    )
+    .unwrap();
+    let si = dir.path().join("system-info.json");
+    std::fs::write(
+        &si,
+        r#"{"domains": {"dom0": {"type": "AdminVM", "power_state": "Running"},
+            "mgmt": {"type": "AppVM", "power_state": "Running"},
+            "work": {"type": "AppVM", "power_state": "Halted", "virt_mode": "hvm"}}}"#,
+    )
+    .unwrap();
+    let envs = vec![
+        ("QUBES_PCI_ADMIN_SYSFS", sys.root().to_owned()),
+        ("QUBES_PCI_ADMIN_STATE_DIR", dir.path().join("state")),
+        ("QUBES_PCI_ADMIN_POLICY_DIR", policy.clone()),
+        ("QUBES_PCI_ADMIN_SYSTEM_INFO", si.clone()),
+    ];
+    // A few assignments for Assigned to list.
+    for i in 0..4 {
+        let mut child = Command::new(BIN)
+            .envs(envs.iter().map(|(k, v)| (*k, v)))
+            .env("QUBES_PCI_ADMIN_LOG", "off")
+            .args(["call", "--source", "dom0", "--target", "work"])
+            .arg(format!("admin.vm.device.pci.Assign+dom0+00_00.0-00_{i:02x}.0"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"mode='required'").unwrap();
+        assert!(child.wait_with_output().unwrap().stdout.starts_with(b"0\0"));
+    }
+
+    let real_sock = dir.path().join("real.sock");
+    let echo_sock = dir.path().join("echo.sock");
+    let _real = start(&envs, &real_sock, &[]);
+    let _echo = start(&envs, &echo_sock, &["--echo"]);
+    let calls = [
+        ("Available", "admin.vm.device.pci.Available mgmt keyword adminvm"),
+        ("Assigned", "admin.vm.device.pci.Assigned mgmt name work"),
+    ];
+    println!("daemon: fake sysfs of 32 devices, 4 assignments, policy checked for source mgmt");
+    for clients in [1, 8, 64] {
+        let floor = rate(&echo_sock, "echo mgmt keyword adminvm", clients);
+        for (name, header) in calls {
+            let r = rate(&real_sock, header, clients);
+            println!(
+                "  {name:<9} {clients:>2} clients: {r:>8.0} calls/s; echo {floor:>8.0} calls/s; ratio {:.2}",
+                r / floor
+            );
+        }
+    }
+
+    // Exec mode: a new process per call, as qrexec runs /etc/qubes-rpc/<method>.
+    let mut exec_envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, v.display().to_string())).collect();
+    exec_envs.extend([
+        ("QUBES_PCI_ADMIN_LOG", "off".to_owned()),
+        ("QREXEC_REMOTE_DOMAIN", "mgmt".to_owned()),
+        ("QREXEC_SERVICE_ARGUMENT", String::new()),
+    ]);
+    let floor = exec_latency(Path::new(BIN), &["echo"], &exec_envs);
+    for (name, target_env) in [
+        (
+            "Available",
+            [
+                ("QREXEC_REQUESTED_TARGET_TYPE", "keyword"),
+                ("QREXEC_REQUESTED_TARGET_KEYWORD", "adminvm"),
+            ],
+        ),
+        (
+            "Assigned",
+            [
+                ("QREXEC_REQUESTED_TARGET_TYPE", "name"),
+                ("QREXEC_REQUESTED_TARGET", "work"),
+            ],
+        ),
+    ] {
+        let link = dir.path().join(format!("admin.vm.device.pci.{name}"));
+        std::os::unix::fs::symlink(BIN, &link).unwrap();
+        let mut e = exec_envs.clone();
+        e.extend(target_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        e.push(("QREXEC_SERVICE_FULL_NAME", format!("admin.vm.device.pci.{name}")));
+        let t = exec_latency(&link, &[], &e);
+        println!(
+            "exec mode {name:<9}: median {:.2} ms; echo (same binary, `echo`) {:.2} ms; ratio {:.2}",
+            t.as_secs_f64() * 1e3,
+            floor.as_secs_f64() * 1e3,
+            t.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+}
