@@ -91,5 +91,18 @@ echo "== How the policy decides (qubes-pci-admin policy eval)"
 "$BIN" policy eval mgmt work "admin.vm.device.pci.Assign+$DEV" || echo "   (exit status $?)"
 "$BIN" policy eval mgmt work "admin.vm.device.pci.Option+no-strict-reset" || echo "   (exit status $?)"
 echo
+echo "== The same from a management qube with the qubes-pci client (here its transport is"
+echo "   'qubes-pci-admin call --source mgmt --target' instead of qrexec-client-vm)"
+CLIENT="$PWD/target/release/qubes-pci --transport"
+TRANSPORT="$BIN call --source mgmt --target"
+echo "   \$ qubes-pci assigned media"
+$CLIENT "$TRANSPORT" assigned media
+echo "   \$ qubes-pci --json unassign media dom0:$PORT"
+$CLIENT "$TRANSPORT" --json unassign media "dom0:$PORT"
+rc=0
+echo "   \$ qubes-pci unassign media dom0:$PORT   (again: DeviceNotAssigned, exit status 6)"
+$CLIENT "$TRANSPORT" unassign media "dom0:$PORT" || rc=$?
+echo "   (exit status $rc)"
+echo
 echo "== The store (qubes-pci-admin store dump)"
 "$BIN" store dump
