@@ -207,7 +207,6 @@ fn default_transport_is_qrexec_client_vm_with_target_and_service() {
         ),
     )
     .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&fake).unwrap().permissions(), 0o755);
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut c = Command::new(CLIENT);
     c.env(
@@ -231,4 +230,28 @@ fn client_links_only_the_rpc_crate() {
             "src/client/{f} uses the service crate"
         );
     }
+}
+
+#[test]
+fn a_call_refused_by_qrexec_itself_is_permission_denied() {
+    // qrexec-client-vm prints "Request refused" and exits 126 when the
+    // policy denies the call before it reaches the service.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("qrexec-client-vm");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncat > /dev/null\necho 'Request refused' >&2\nexit 126\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut c = Command::new(CLIENT);
+    c.env(
+        "PATH",
+        format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default()),
+    )
+    .env_remove("QUBES_PCI_TRANSPORT")
+    .args(["--json", "assigned", "work"]);
+    let out = common::run(c, b"");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["error"]["kind"], "PermissionDenied");
 }

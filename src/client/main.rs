@@ -175,6 +175,15 @@ impl Client {
         if out.stdout.len() > 64 * MAX_REQUEST {
             return Err(Failure::Local("the reply is too large".into()));
         }
+        if out.stdout.is_empty() && String::from_utf8_lossy(&out.stderr).contains("Request refused") {
+            // qrexec's own policy check refused the call before it reached dom0's service.
+            return Err(Failure::Refused(NativeError::new(
+                ExceptionKind::PermissionDenied,
+                format!("the qrexec policy refused {service} for {target} (dom0's /etc/qubes/policy.d decides)"),
+                (!arg.is_empty()).then(|| arg.replace('+', ":")),
+                Some(target.to_owned()),
+            )));
+        }
         if out.stdout.is_empty() {
             return Err(Failure::Local(format!(
                 "no reply to {service} from {target} ({}{})",
