@@ -1,3 +1,4 @@
 //! Subcommands of the binary that are more than a few lines.
 
 pub mod assignments;
+pub mod inspect;

@@ -1,0 +1,143 @@
+//! Looking at the system: the policy (`policy eval`, `policy lint`) and
+//! dom0's PCI devices with who uses them (`list`).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use qubes_pci_admin::api::Service;
+use qubes_pci_admin::pci::Inventory;
+
+use crate::PolicyCommand;
+
+pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    use qubes_pci_admin::policy::{Evaluation, Policy};
+    let loaded = Policy::load_dirs(&svc.config.policy_dirs());
+    match cmd {
+        PolicyCommand::Lint => match loaded {
+            Ok(p) => {
+                println!("policy loads: {} rules", p.rules.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        PolicyCommand::Eval {
+            json,
+            source,
+            target,
+            service,
+        } => {
+            let system = svc.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let eval = Evaluation::run(&loaded, &system, &source, &target, &service);
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer(&mut out, &eval.to_json(&system))?;
+            } else {
+                write!(out, "{}", eval.to_lines(&system))?;
+            }
+            writeln!(out)?;
+            Ok(ExitCode::from(eval.exit_code(&system)))
+        }
+    }
+}
+
+pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
+    let inventory = Inventory::scan(&svc.config.sysfs)?;
+    let infos = qubes_pci_admin::api::device_infos(&inventory, svc.config.pci_ids.as_deref(), None);
+    let state = svc.store().read().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let used_by = |port: &qubes_pci_rpc::PciPath| -> Vec<String> {
+        let assigned = state.assignments.iter().filter(|r| &r.port == port).map(|r| {
+            let opts: Vec<String> = r.options.enabled().map(|o| format!("{o}=True")).collect();
+            if opts.is_empty() {
+                format!("{} ({})", r.frontend, r.mode)
+            } else {
+                format!("{} ({}, {})", r.frontend, r.mode, opts.join(", "))
+            }
+        });
+        let held = state
+            .holds
+            .iter()
+            .filter(|h| &h.port == port)
+            .map(|h| format!("{} (started with it)", h.qube));
+        assigned.chain(held).collect()
+    };
+    let rows: Vec<serde_json::Value> = infos
+        .iter()
+        .map(|i| {
+            let data: serde_json::Map<String, serde_json::Value> = i
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let class = data
+                .get("class_name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("Unknown device");
+            let description = format!(
+                "{class}: {} {}",
+                i.vendor.as_deref().unwrap_or("unknown vendor"),
+                i.product.as_deref().unwrap_or("unknown device")
+            );
+            serde_json::json!({
+                "backend": i.backend.as_str(),
+                "port_id": i.port.to_string(),
+                "device_id": i.device_id.to_string(),
+                "description": description,
+                "vendor": i.vendor,
+                "product": i.product,
+                "data": data,
+                "used_by": used_by(&i.port),
+            })
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let table: Vec<[String; 4]> = rows
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let sbdf = r
+                .get("data")
+                .and_then(|d| d.get("sbdf"))
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            let used: Vec<&str> = r
+                .get("used_by")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            [
+                format!("{}:{}", s("backend"), s("port_id")),
+                sbdf.to_owned(),
+                s("description"),
+                used.join("; "),
+            ]
+        })
+        .collect();
+    let header = [
+        "BACKEND:DEVID".to_owned(),
+        "SBDF".to_owned(),
+        "DESCRIPTION".to_owned(),
+        "USED BY".to_owned(),
+    ];
+    let widths: Vec<usize> = (0..4)
+        .map(|c| {
+            std::iter::once(&header)
+                .chain(&table)
+                .map(|r| r.get(c).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(&header).chain(&table) {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        writeln!(out, "{}", line.join("  ").trim_end())?;
+    }
+    Ok(())
+}
