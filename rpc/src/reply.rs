@@ -147,6 +147,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn codes_are_unique_and_leave_0_1_2_to_the_client() {
+        let mut codes: Vec<u8> = ExceptionKind::ALL.iter().map(|k| k.code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), ExceptionKind::ALL.len());
+        assert!(codes.iter().all(|c| *c >= 3));
+        for k in ExceptionKind::ALL {
+            assert_eq!(ExceptionKind::from_code(k.code()), Some(k));
+            assert_eq!(ExceptionKind::from_name(k.name()), Some(k));
+        }
+    }
+
+    #[test]
     fn exact_bytes() {
         assert_eq!(Reply::Ok(b"x\n".to_vec()).encode(), b"0\0x\n");
         assert_eq!(Reply::Ok(vec![]).encode(), b"0\0");
