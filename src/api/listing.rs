@@ -15,22 +15,19 @@ fn filter(call: &Call) -> Option<&DeviceRef> {
     }
 }
 
-fn lines(assignments: impl Iterator<Item = Assignment>) -> Result<Output, ApiError> {
-    Ok(Output::Assignments(assignments.collect()))
-}
-
 pub(super) fn assigned(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let Ok(qube) = call.dest_name() else {
         return Ok(Output::Assignments(Vec::new()));
     };
     let state = svc.store().read()?;
     let filter = filter(call);
-    lines(
+    Ok(Output::Assignments(
         state
             .assigned_to(&qube)
             .filter(|r| filter.is_none_or(|f| selects(f, r)))
-            .map(Record::to_assignment),
-    )
+            .map(Record::to_assignment)
+            .collect(),
+    ))
 }
 
 fn selects(f: &DeviceRef, r: &Record) -> bool {
@@ -48,12 +45,13 @@ pub(super) fn attached(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     }
     let state = svc.store().read()?;
     let filter = filter(call);
-    lines(
+    Ok(Output::Assignments(
         state
             .holds_of(&qube)
             .filter(|h| filter.is_none_or(|f| f.matches(&QubeName::dom0(), &h.port, &h.device_id)))
-            .map(|h| attached_as(&state, &qube, h)),
-    )
+            .map(|h| attached_as(&state, &qube, h))
+            .collect(),
+    ))
 }
 
 /// A held device with the live device id, the stored assignment's mode and

@@ -135,8 +135,8 @@ impl Call {
         self.system.domains.get(&self.dest)
     }
 
-    /// The device argument of a write method. PCI devices belong to dom0:
-    /// another backend names no device.
+    /// The device argument of a method that acts on one device. PCI devices
+    /// belong to dom0: another backend, or no port, names no device.
     pub fn device_arg(&self) -> Result<DeviceRef, ApiError> {
         let Arg::Device(d) = &self.arg else {
             return Err(ApiError::Protocol(format!("{}: expected an argument", self.req.method)));
@@ -147,7 +147,7 @@ impl Call {
                 d.backend
             )));
         }
-        if d.port == Wild::Any && self.req.method != Method::Assigned && self.req.method != Method::Attached {
+        if d.port == Wild::Any {
             return Err(ApiError::DeviceNotFound(format!(
                 "{}: name the device by its port id, such as dom0+00_14.0 (qvm-pci lists them)",
                 self.req.method
@@ -280,14 +280,19 @@ impl Service {
             ),
             Err(_) => Default::default(),
         };
-        let concerns = untrusted.as_ref().map_or((None, None), |u| {
-            let device = DeviceRef::from_qarg(&u.untrusted_arg).ok().map(|d| d.to_string());
-            let qube = match &u.untrusted_target {
-                UntrustedTarget::Name(n) => QubeName::parse(n).ok().map(|q| q.to_string()),
-                UntrustedTarget::Keyword(_) => Some("dom0".to_owned()),
-            };
-            (device, qube)
-        });
+        // Only native replies carry them; text calls skip the parsing.
+        let concerns = untrusted
+            .as_ref()
+            .ok()
+            .filter(|_| protocol == Protocol::Native)
+            .map_or((None, None), |u| {
+                let device = DeviceRef::from_qarg(&u.untrusted_arg).ok().map(|d| d.to_string());
+                let qube = match &u.untrusted_target {
+                    UntrustedTarget::Name(n) => QubeName::parse(n).ok().map(|q| q.to_string()),
+                    UntrustedTarget::Keyword(_) => Some("dom0".to_owned()),
+                };
+                (device, qube)
+            });
         let result = untrusted
             .map_err(ApiError::from)
             .and_then(|u| self.dispatch(u, protocol));

@@ -38,14 +38,6 @@ pub struct Outcome {
     pub detail: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("{path} is not a qubes.xml: {reason}")]
-    Parse { path: String, reason: String },
-}
-
 /// The PCI entries of a qubes.xml text.
 pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
     let doc = roxmltree::Document::parse(text).map_err(|e| e.to_string())?;
@@ -99,24 +91,9 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
 
 /// Reads, converts and records the file's assignments in one write.
 pub fn import(config: &Config, system: &SystemInfo, file: &Path) -> Result<Vec<Outcome>, ApiError> {
-    let text = std::fs::read_to_string(file).map_err(|source| {
-        ApiError::Qubes(
-            ImportError::Read {
-                path: file.display().to_string(),
-                source,
-            }
-            .to_string(),
-        )
-    })?;
-    let entries = parse(&text).map_err(|reason| {
-        ApiError::Qubes(
-            ImportError::Parse {
-                path: file.display().to_string(),
-                reason,
-            }
-            .to_string(),
-        )
-    })?;
+    let path = file.display();
+    let text = std::fs::read_to_string(file).map_err(|e| ApiError::Qubes(format!("cannot read {path}: {e}")))?;
+    let entries = parse(&text).map_err(|reason| ApiError::Qubes(format!("{path} is not a qubes.xml: {reason}")))?;
     let inventory = Inventory::scan(&config.sysfs)?;
     Store::new(&config.state_dir).update(|state| {
         Ok::<_, ApiError>(

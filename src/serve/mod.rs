@@ -14,7 +14,7 @@ mod notify;
 use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,7 +103,7 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 
 /// Runs until SIGTERM or SIGINT; then stops accepting, finishes the calls
 /// already accepted and returns.
-pub fn serve(svc: Service, opts: ServeOptions) -> Result<Counters, ServeError> {
+pub fn serve(svc: Service, opts: ServeOptions) -> Result<(), ServeError> {
     // Block the stop signals in every thread (workers inherit the mask) and
     // read them from a signalfd in the accept loop.
     let (listener, made) = listener(&opts)?;
@@ -154,9 +154,8 @@ pub fn serve(svc: Service, opts: ServeOptions) -> Result<Counters, ServeError> {
     for h in handles {
         let _ = h.join();
     }
-    let c = Arc::try_unwrap(counters).unwrap_or_else(|a| a.snapshot());
-    tracing::info!(calls = c.calls.load(Ordering::Relaxed), "stopped");
-    Ok(c)
+    tracing::info!(status = counters.status_line(), "stopped");
+    Ok(())
 }
 
 fn accept_loop(
@@ -239,24 +238,4 @@ fn worker(rx: &Mutex<Receiver<UnixStream>>, svc: &Service, counters: &Counters, 
             counters.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-impl Counters {
-    fn snapshot(&self) -> Counters {
-        let c = Counters::default();
-        for (to, from) in [
-            (&c.accepted, &self.accepted),
-            (&c.calls, &self.calls),
-            (&c.errors, &self.errors),
-            (&c.in_flight, &self.in_flight),
-        ] {
-            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-        c
-    }
-}
-
-/// Shared with `notify`.
-pub(crate) fn load(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
 }

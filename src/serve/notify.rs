@@ -1,11 +1,13 @@
 //! What the daemon tells systemd (`READY=1`, `STATUS=`, `STOPPING=1`,
 //! `WATCHDOG=1`). Without `NOTIFY_SOCKET` these do nothing.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sd_notify::NotifyState;
 
-use super::load;
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
 
 /// Counters shown in `STATUS=` and returned when the daemon stops.
 #[derive(Debug, Default)]
