@@ -7,23 +7,47 @@ use std::path::PathBuf;
 /// shadows the file of the same name in a later one.
 pub const DEFAULT_POLICY_DIRS: [&str; 2] = ["/run/qubes/policy.d", "/etc/qubes/policy.d"];
 
-/// Where dom0 keeps the qubesd socket, the source of system info on dom0.
-pub const QUBESD_SOCKET: &str = "/var/run/qubesd.sock";
-
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
     /// Root of the sysfs tree to read PCI devices from.
     #[arg(long, env = "QUBES_PCI_ADMIN_SYSFS", default_value = "/sys", global = true)]
     pub sysfs: PathBuf,
 
-    /// Directory holding the assignment store.
+    /// qubesd's Admin API socket: every change is sent there, as dom0.
     #[arg(
         long,
-        env = "QUBES_PCI_ADMIN_STATE_DIR",
-        default_value = "/var/lib/qubes-pci-admin",
+        env = "QUBES_PCI_ADMIN_QUBESD_SOCKET",
+        default_value = "/var/run/qubesd.sock",
         global = true
     )]
-    pub state_dir: PathBuf,
+    pub qubesd_socket: PathBuf,
+
+    /// qubesd's internal socket (internal.GetSystemInfo).
+    #[arg(
+        long,
+        env = "QUBES_PCI_ADMIN_QUBESD_INTERNAL_SOCKET",
+        default_value = "/var/run/qubesd.internal.sock",
+        global = true
+    )]
+    pub qubesd_internal_socket: PathBuf,
+
+    /// Milliseconds qubesd may take to answer one request.
+    #[arg(
+        long,
+        env = "QUBES_PCI_ADMIN_QUBESD_TIMEOUT_MS",
+        default_value_t = 20_000,
+        global = true
+    )]
+    pub qubesd_timeout_ms: u64,
+
+    /// qubesd's qubes.xml, read for Assigned and for the rules' facts.
+    #[arg(
+        long,
+        env = "QUBES_PCI_ADMIN_QUBES_XML",
+        default_value = "/var/lib/qubes/qubes.xml",
+        global = true
+    )]
+    pub qubes_xml: PathBuf,
 
     /// qrexec policy directory; repeat for several, earlier ones shadow
     /// later ones by file name [default: /run/qubes/policy.d /etc/qubes/policy.d]
@@ -35,7 +59,8 @@ pub struct Config {
     )]
     pub policy_dirs: Vec<PathBuf>,
 
-    /// System info JSON (qubesd's internal.GetSystemInfo); default: ask qubesd.
+    /// System info JSON (the shape of qubesd's internal.GetSystemInfo) to
+    /// use instead of asking qubesd: for tests and the demo.
     #[arg(long, env = "QUBES_PCI_ADMIN_SYSTEM_INFO", global = true)]
     pub system_info: Option<PathBuf>,
 
@@ -52,6 +77,15 @@ impl Config {
             DEFAULT_POLICY_DIRS.iter().map(PathBuf::from).collect()
         } else {
             self.policy_dirs.clone()
+        }
+    }
+
+    /// Where qubesd listens.
+    pub fn qubesd(&self) -> crate::qubesd::Qubesd {
+        crate::qubesd::Qubesd {
+            admin: self.qubesd_socket.clone(),
+            internal: self.qubesd_internal_socket.clone(),
+            timeout: std::time::Duration::from_millis(self.qubesd_timeout_ms),
         }
     }
 

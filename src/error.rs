@@ -1,11 +1,16 @@
 //! The one error enum of the service, each variant mapped to the exception
 //! name stock clients know.
+//!
+//! Every name a qube can receive in the text protocol is one that
+//! `qubesadmin` maps to a subclass of its `QubesException`, so `qvm-pci`
+//! prints `Error: …` and exits 1 instead of a traceback. The exceptions are
+//! upstream's `ProtocolError` for bytes no stock client sends, and policy
+//! refusals, which go out as client classes (see [`ApiError::to_reply`]).
 
 use qubes_pci_rpc::{DecodeError, ExceptionKind, Reply};
 
 use crate::pci::SysfsError;
-use crate::store::StoreError;
-use crate::sysinfo::SystemInfoError;
+use crate::qubesd::QubesdError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -13,8 +18,10 @@ pub enum ApiError {
     Decode(#[from] DecodeError),
     #[error("{0}")]
     Protocol(String),
-    #[error("{0}")]
-    PermissionDenied(String),
+    /// A qrexec policy refusal. `read_of_qube`: a read of one qube's
+    /// devices (`Assigned`, `Attached`).
+    #[error("{message}")]
+    PermissionDenied { message: String, read_of_qube: bool },
     #[error("No such domain: {0}")]
     NoSuchQube(String),
     #[error("{0}")]
@@ -37,17 +44,46 @@ pub enum ApiError {
     Qubes(String),
     #[error("cannot read dom0's PCI devices: {0}")]
     Sysfs(#[from] SysfsError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}; give the system info with --system-info FILE (or QUBES_PCI_ADMIN_SYSTEM_INFO), or run in dom0 where qubesd answers internal.GetSystemInfo")]
-    SystemInfo(#[from] SystemInfoError),
+    /// qubesd refused a request of ours: its exception, relayed.
+    #[error("{message}")]
+    Relayed { name: String, message: String },
+    /// Something in dom0 failed (qubesd did not answer, a file does not
+    /// parse). The caller gets `public`; `detail` names dom0's internals
+    /// and goes to the journal only.
+    #[error("{public}")]
+    Dom0 { public: &'static str, detail: String },
+}
+
+impl From<QubesdError> for ApiError {
+    fn from(e: QubesdError) -> ApiError {
+        ApiError::dom0(
+            "qubesd, which keeps dom0's record of PCI assignments, did not answer as expected; nothing was \
+             changed by this call. Try again; if it persists, a dom0 administrator can find the cause in the \
+             journal",
+            e.to_string(),
+        )
+    }
 }
 
 impl ApiError {
+    /// A failure inside dom0: `detail` is logged here, the caller sees `public`.
+    pub fn dom0(public: &'static str, detail: String) -> ApiError {
+        tracing::error!(%detail, "{public}");
+        ApiError::Dom0 { public, detail }
+    }
+
+    /// The detail of a dom0 failure, for dom0's own commands.
+    pub fn detail(&self) -> String {
+        match self {
+            ApiError::Dom0 { public, detail } => format!("{public} ({detail})"),
+            other => other.to_string(),
+        }
+    }
+
     pub fn kind(&self) -> ExceptionKind {
         match self {
             ApiError::Decode(_) | ApiError::Protocol(_) => ExceptionKind::ProtocolError,
-            ApiError::PermissionDenied(_) => ExceptionKind::PermissionDenied,
+            ApiError::PermissionDenied { .. } => ExceptionKind::PermissionDenied,
             ApiError::NoSuchQube(_) => ExceptionKind::QubesVMNotFoundError,
             ApiError::DeviceNotFound(_) => ExceptionKind::DeviceNotFound,
             ApiError::AlreadyAssigned(_) => ExceptionKind::DeviceAlreadyAssigned,
@@ -57,13 +93,32 @@ impl ApiError {
             ApiError::NotRunning(_) => ExceptionKind::QubesVMNotRunningError,
             ApiError::Value(_) => ExceptionKind::QubesValueError,
             ApiError::InvalidMode => ExceptionKind::QubesUnrecognizedDeviceAssignmentMode,
-            ApiError::Qubes(_) | ApiError::Sysfs(_) | ApiError::SystemInfo(_) | ApiError::Store(_) => {
-                ExceptionKind::QubesException
-            }
+            ApiError::Relayed { name, .. } => ExceptionKind::from_name(name).unwrap_or(ExceptionKind::QubesException),
+            ApiError::Qubes(_) | ApiError::Sysfs(_) | ApiError::Dom0 { .. } => ExceptionKind::QubesException,
         }
     }
 
+    /// The text-protocol reply. A policy refusal is not sent as upstream's
+    /// `PermissionDenied`, which `qubesadmin` maps to a class outside its
+    /// `QubesException` (so `qvm-pci` would crash with a traceback):
+    /// * a refused read of one qube's devices is `QubesVMNotFoundError`:
+    ///   `qvm-pci list` then skips that qube, as it skips qubes the
+    ///   caller cannot see, instead of failing for every qube;
+    /// * any other refusal is `QubesDaemonAccessError`, the class
+    ///   `qubesadmin` raises when qrexec itself refuses a call, so a script
+    ///   handles both refusals the same way.
+    ///
+    /// qubesd's own refusals keep their name.
     pub fn to_reply(&self) -> Reply {
-        Reply::error(self.kind(), self.to_string())
+        let named = |name: &str| Reply::Named {
+            name: name.to_owned(),
+            message: self.to_string(),
+        };
+        match self {
+            ApiError::PermissionDenied { read_of_qube: true, .. } => named("QubesVMNotFoundError"),
+            ApiError::PermissionDenied { .. } => named("QubesDaemonAccessError"),
+            ApiError::Relayed { name, .. } => named(name),
+            _ => Reply::error(self.kind(), self.to_string()),
+        }
     }
 }

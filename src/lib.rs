@@ -5,12 +5,12 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod logging;
-pub mod migrate;
 pub mod passthrough;
 pub mod pci;
 pub mod policy;
+pub mod qubes_xml;
+pub mod qubesd;
 pub mod serve;
-pub mod store;
 pub mod sysinfo;
 
 pub use config::Config;

@@ -5,6 +5,7 @@ mod cmd;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -76,22 +77,15 @@ enum Command {
     /// Check or query the qrexec policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Inspect the assignment store.
-    #[command(subcommand)]
-    Store(StoreCommand),
-    /// Called by the libvirt hook before QUBE starts: refuse the start when a
-    /// required device is missing or in use, otherwise hand the devices to
-    /// pciback, record them and print their <hostdev> XML. Exit 1 refuses.
-    PrepareStart {
-        qube: String,
-        /// Check and record, but write nothing to sysfs (the devices stay
-        /// with their drivers): for a dry run on a real machine.
-        #[arg(long)]
-        no_bind: bool,
+    /// The rules, for the qubesd extension: the facts as one JSON object on
+    /// stdin, the verdict as one JSON object on stdout ({"ok": true} or
+    /// {"ok": false, "exception", "message"}). Exit 0 with a verdict, 2
+    /// when the facts do not parse (the extension then refuses).
+    #[command(hide = true)]
+    Check {
+        #[arg(value_enum)]
+        kind: qubes_pci_admin::passthrough::check::Kind,
     },
-    /// Called by the libvirt hook after QUBE stopped: forget which devices
-    /// it held. The devices stay on pciback.
-    Release { qube: String },
     /// Assign every network controller to the net qube and every USB
     /// controller to the USB qube, as the Qubes installer does.
     AssignDefaults {
@@ -105,24 +99,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Import the PCI assignments of an existing qubes.xml (idempotent).
-    ImportQubesXml {
-        file: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
     /// List dom0's PCI devices, like qvm-pci.
     List {
         /// One JSON object per device, in an array.
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Subcommand)]
-enum StoreCommand {
-    /// Print the store as JSON (exit 1 when it does not load).
-    Dump,
 }
 
 #[derive(Subcommand)]
@@ -277,16 +259,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(cmd) => cmd::inspect::policy(&svc, cmd),
-        Command::Store(StoreCommand::Dump) => cmd::assignments::dump(&svc),
-        Command::PrepareStart { qube, no_bind } => cmd::assignments::prepare_start(&svc, &qube, no_bind),
-        Command::Release { qube } => cmd::assignments::release(&svc, &qube),
+        Command::Check { kind } => cmd::assignments::check(&svc, kind),
         Command::AssignDefaults {
             net,
             usb,
             dry_run,
             json,
         } => cmd::assignments::assign_defaults(&svc, &net, &usb, dry_run, json),
-        Command::ImportQubesXml { file, json } => cmd::assignments::import(&svc, &file, json),
         Command::List { json } => {
             cmd::inspect::list(&svc, json)?;
             Ok(ExitCode::SUCCESS)

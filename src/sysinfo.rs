@@ -2,7 +2,7 @@
 //! `{"domains": {name: {"type", "tags", "power_state", "uuid", …}}}`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use qubes_pci_rpc::QubeRef;
@@ -18,8 +18,6 @@ pub enum SystemInfoError {
     Parse { path: String, source: serde_json::Error },
     #[error("system info {0} is larger than 64 MiB")]
     TooLarge(String),
-    #[error("qubesd refused internal.GetSystemInfo")]
-    Refused,
 }
 
 /// One qube's entry. Unknown keys are ignored.
@@ -47,12 +45,6 @@ pub struct DomainInfo {
     pub transport_rpc: Option<String>,
     #[serde(default)]
     pub icon: Option<String>,
-    /// Our extension: `hvm`, `pv` or `pvh`.
-    #[serde(default)]
-    pub virt_mode: Option<String>,
-    /// Our extension: whether qmemman balances this qube's memory.
-    #[serde(default)]
-    pub memory_balancing: Option<bool>,
 }
 
 impl DomainInfo {
@@ -88,23 +80,6 @@ impl SystemInfo {
             return Err(SystemInfoError::TooLarge(shown));
         }
         SystemInfo::parse(&buf, &shown)
-    }
-
-    /// Asks qubesd over its socket, as a dom0 tool does.
-    pub fn load_qubesd(socket: &Path) -> Result<SystemInfo, SystemInfoError> {
-        let shown = socket.display().to_string();
-        let read_err = |source| SystemInfoError::Read {
-            path: shown.clone(),
-            source,
-        };
-        let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(read_err)?;
-        s.write_all(b"internal.GetSystemInfo+ dom0 name dom0\0")
-            .map_err(read_err)?;
-        s.shutdown(std::net::Shutdown::Write).map_err(read_err)?;
-        let mut buf = Vec::new();
-        s.take(MAX_SYSTEM_INFO + 2).read_to_end(&mut buf).map_err(read_err)?;
-        let body = buf.strip_prefix(b"0\0").ok_or(SystemInfoError::Refused)?;
-        SystemInfo::parse(body, &shown)
     }
 
     /// An entry by name or by `uuid:<uuid>`.

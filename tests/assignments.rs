@@ -1,6 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 //! The write methods and the passthrough rules at assignment, end to end
-//! through the built binary.
+//! through the built binary and the qubesd stand-in: what passes the rules
+//! reaches qubesd as one canonical request and lands in its qubes.xml; what
+//! does not changes nothing there.
 
 mod common;
 
@@ -68,44 +70,86 @@ fn assign_is_recorded_and_listed_in_upstream_format() {
     );
     assert_eq!(body_of(&out), "");
     assert!(assigned(&env, "sys-net").contains("port_id='00_1f.6'"));
-    let dump = env.dump();
-    assert_eq!(dump["generation"], 2);
-    assert_eq!(dump["assignments"][0]["sbdf"], "0000:00:14.0");
-    assert_eq!(dump["assignments"][0]["port"], "00_14.0");
+    // qubesd holds them: in qubes.xml, as qubesd writes them.
+    let rec = env.recorded();
+    assert_eq!(rec.len(), 2);
+    assert_eq!(
+        (
+            rec[0].qube.as_str(),
+            rec[0].id.as_str(),
+            rec[0].mode.as_deref(),
+            rec[0].identity.as_deref()
+        ),
+        ("sys-net", "00_1f.6", Some("required"), Some("0x8086:0x15a3::p020000"))
+    );
+    // One canonical request each: argument with the device id, payload
+    // with frontend_domain, as dom0.
+    let w = env.qubesd_writes();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(w[0]["arg"], USB);
+    assert_eq!(w[0]["source"], "dom0");
+    assert_eq!(
+        w[0]["payload"],
+        format!(
+            "device_id='{USB_ID}' port_id='00_14.0' devclass='pci' backend_domain='dom0' mode='required' \
+             frontend_domain='work'"
+        )
+    );
+    // A dom0 tool's change (qvm-pci in dom0, straight to qubesd) is seen at once.
+    assert_eq!(env.qubesd("admin.vm.device.pci.Unassign", NIC, "sys-net", b""), b"0\0");
+    assert_eq!(assigned(&env, "sys-net"), "");
 }
 
 #[test]
-fn identical_assign_is_already_assigned_and_changed_one_replaces_in_one_write() {
+fn identical_assign_is_already_assigned_and_other_options_replace_it() {
     let env = env();
     body_of(&env.call("dom0", "work", &m("Assign", USB), &required()));
+    let before = env.qubes_xml_bytes();
     let (kind, msg) = error_of(&env.call("dom0", "work", &m("Assign", USB), &required()));
-    assert_eq!(kind, "DeviceAlreadyAssigned");
+    assert_eq!(
+        kind, "DeviceAlreadyAssigned",
+        "qubesd's own refusal, relayed with its name"
+    );
     assert!(msg.contains("already assigned to work"), "{msg}");
-    assert_eq!(env.dump()["generation"], 1, "an identical Assign writes nothing");
-    // Other options: replaced in place, one write, still one assignment.
+    assert_eq!(env.qubes_xml_bytes(), before, "an identical Assign changes nothing");
+    // Other options: qubesd has no call for it, so unassign + assign; still
+    // one assignment.
     let with_nsr = payload(USB_ID, "00_14.0", "required", " _no-strict-reset='True'");
     body_of(&env.call("dom0", "work", &m("Assign", USB), &with_nsr));
-    let dump = env.dump();
-    assert_eq!(dump["generation"], 2);
-    assert_eq!(dump["assignments"].as_array().unwrap().len(), 1);
-    assert!(assigned(&env, "work").contains("_no-strict-reset='True'"));
-    // Another mode: replaced too, options as given.
-    body_of(&env.call(
-        "dom0",
-        "work",
-        &m("Assign", USB),
-        &payload(USB_ID, "00_14.0", "auto-attach", ""),
-    ));
-    let list = assigned(&env, "work");
-    assert!(
-        list.contains("mode='auto-attach'") && !list.contains("no-strict-reset"),
-        "{list}"
+    let rec = env.recorded();
+    assert_eq!(rec.len(), 1);
+    assert_eq!(rec[0].options, vec![("no-strict-reset".to_owned(), "True".to_owned())]);
+    let methods: Vec<String> = env
+        .qubesd_writes()
+        .iter()
+        .map(|w| w["method"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        methods,
+        ["Assign", "Assign", "Unassign", "Assign"].map(|v| format!("admin.vm.device.pci.{v}"))
     );
-    assert_eq!(env.dump()["assignments"].as_array().unwrap().len(), 1);
 }
 
 #[test]
-fn modes_manual_refused_unknown_is_protocol_error() {
+fn a_failed_option_change_restores_the_old_assignment() {
+    let env = env();
+    body_of(&env.call("dom0", "work", &m("Assign", USB), &required()));
+    // qubesd refuses the second step (the stand-in is told to).
+    assert_eq!(
+        env.qubesd("standin.FailNext", "admin.vm.device.pci.Assign", "dom0", b""),
+        b"0\0"
+    );
+    let with_nsr = payload(USB_ID, "00_14.0", "required", " _no-strict-reset='True'");
+    let (kind, msg) = error_of(&env.call("dom0", "work", &m("Assign", USB), &with_nsr));
+    assert_eq!((kind.as_str(), msg.as_str()), ("QubesException", "injected failure"));
+    let rec = env.recorded();
+    assert_eq!(rec.len(), 1, "the old assignment is back");
+    assert!(rec[0].options.is_empty());
+    assert_eq!(rec[0].mode.as_deref(), Some("required"));
+}
+
+#[test]
+fn only_required_is_accepted_unknown_is_protocol_error() {
     let env = env();
     let (kind, msg) = error_of(&env.call(
         "dom0",
@@ -117,12 +161,16 @@ fn modes_manual_refused_unknown_is_protocol_error() {
     assert!(msg.contains("required"), "{msg}");
     let (kind, _) = error_of(&env.call("dom0", "work", &m("Assign", USB), b"mode='sometimes'"));
     assert_eq!(kind, "ProtocolError");
-    for mode in ["required", "auto-attach", "ask-to-attach"] {
-        let env = self::env();
-        body_of(&env.call("dom0", "work", &m("Assign", USB), &payload(USB_ID, "00_14.0", mode, "")));
-        assert!(assigned(&env, "work").contains(&format!("mode='{mode}'")));
+    // qubesd hands a qube only its required PCI devices: other modes would
+    // be recorded and never take effect.
+    for mode in ["auto-attach", "ask-to-attach"] {
+        let (kind, msg) = error_of(&env.call("dom0", "work", &m("Assign", USB), &payload(USB_ID, "00_14.0", mode, "")));
+        assert_eq!(kind, "QubesValueError");
+        assert!(msg.contains("--required"), "{msg}");
     }
-    assert!(!env.store_path().exists(), "refused calls write nothing");
+    assert!(env.recorded().is_empty(), "refused calls change nothing");
+    assert!(env.qubesd_writes().is_empty(), "and never reach qubesd");
+    body_of(&env.call("dom0", "work", &m("Assign", USB), &required()));
 }
 
 #[test]
@@ -139,7 +187,13 @@ fn target_must_be_a_qube_that_can_take_pci_devices() {
     );
     let (kind, _) = error_of(&env.call("dom0", "nosuchqube", &m("Assign", USB), &required()));
     assert_eq!(kind, "QubesVMNotFoundError");
-    assert!(!env.store_path().exists());
+    assert!(env.qubesd_writes().is_empty());
+    // virt_mode comes from qubesd at the moment of the call.
+    env.set_prop("work", "virt_mode", "pvh");
+    let (kind, _) = error_of(&env.call("dom0", "work", &m("Assign", USB), &required()));
+    assert_eq!(kind, "QubesException");
+    env.set_prop("work", "virt_mode", "hvm");
+    body_of(&env.call("dom0", "work", &m("Assign", USB), &required()));
 }
 
 #[test]
@@ -233,7 +287,10 @@ fn options_only_known_names_and_true_false() {
         &payload(USB_ID, "00_14.0", "required", " _permissive='False'"),
     ));
     assert!(!assigned(&env, "work").contains("permissive"));
-    assert_eq!(env.dump()["assignments"][0]["options"]["permissive"], false);
+    assert!(
+        env.recorded()[0].options.is_empty(),
+        "False is never passed on: upstream would turn it on"
+    );
 }
 
 #[test]
@@ -241,20 +298,20 @@ fn options_need_their_own_grant_unless_from_dom0() {
     let env = env();
     let nsr = payload(USB_ID, "00_14.0", "required", " _no-strict-reset='True'");
     let (kind, msg) = error_of(&env.call("mgmt", "work", &m("Assign", USB), &nsr));
-    assert_eq!(kind, "PermissionDenied");
+    assert_eq!(kind, "QubesDaemonAccessError");
     assert!(msg.contains("admin.vm.device.pci.Option+no-strict-reset"), "{msg}");
-    assert!(!env.store_path().exists(), "nothing recorded");
+    assert!(env.recorded().is_empty(), "nothing recorded");
     // Without the option the same caller may assign, then may not turn it on.
     body_of(&env.call("mgmt", "work", &m("Assign", USB), &required()));
     let (kind, _) = error_of(&env.call("mgmt", "work", &m("Assign", USB), &nsr));
-    assert_eq!(kind, "PermissionDenied");
+    assert_eq!(kind, "QubesDaemonAccessError");
     let (kind, _) = error_of(&env.call(
         "mgmt",
         "work",
         &m("Assign", USB),
         &payload(USB_ID, "00_14.0", "required", " _permissive='True'"),
     ));
-    assert_eq!(kind, "PermissionDenied");
+    assert_eq!(kind, "QubesDaemonAccessError");
     assert!(!assigned(&env, "work").contains("_no-strict-reset"));
     // An ask rule does not grant an option: nobody is asked about it.
     env.write_policy(
@@ -262,7 +319,7 @@ fn options_need_their_own_grant_unless_from_dom0() {
         "admin.vm.device.pci.Option +no-strict-reset mgmt @anyvm ask default_target=dom0\n",
     );
     let (kind, _) = error_of(&env.call("mgmt", "work", &m("Assign", USB), &nsr));
-    assert_eq!(kind, "PermissionDenied");
+    assert_eq!(kind, "QubesDaemonAccessError");
     // An allow rule for this option (and this target) does.
     env.write_policy(
         "20-opt.policy",
@@ -281,7 +338,7 @@ fn options_need_their_own_grant_unless_from_dom0() {
             " _no-strict-reset='True' _permissive='True'",
         ),
     ));
-    assert_eq!(kind, "PermissionDenied", "the grant is per option");
+    assert_eq!(kind, "QubesDaemonAccessError", "the grant is per option");
     // dom0 needs no grant.
     body_of(&env.call(
         "dom0",
@@ -310,7 +367,7 @@ fn shipped_policy_grants_no_option() {
         &m("Assign", USB),
         &payload(USB_ID, "00_14.0", "required", " _no-strict-reset='True'"),
     ));
-    assert_eq!(kind, "PermissionDenied");
+    assert_eq!(kind, "QubesDaemonAccessError");
     for opt in ["no-strict-reset", "permissive"] {
         let out = env.cli(
             &[
@@ -382,8 +439,15 @@ fn unassign_works_when_the_device_is_gone() {
     body_of(&env.call("dom0", "work", &m("Unassign", "dom0+00_1f.6"), b""));
     assert_eq!(assigned(&env, "work"), "");
     let (kind, msg) = error_of(&env.call("dom0", "work", &m("Unassign", USB), b""));
-    assert_eq!(kind, "DeviceNotAssigned");
+    assert_eq!(kind, "DeviceNotAssigned", "qubesd's answer, relayed");
     assert!(msg.contains("not assigned to work"), "{msg}");
+    // The canonical request carries the stored identity, even for a port-only argument.
+    let unassigns: Vec<serde_json::Value> = env
+        .qubesd_writes()
+        .into_iter()
+        .filter(|w| w["method"] == "admin.vm.device.pci.Unassign")
+        .collect();
+    assert_eq!(unassigns[1]["arg"], NIC);
     let (kind, _) = error_of(&env.call("dom0", "work", &m("Unassign", USB), b"x"));
     assert_eq!(kind, "ProtocolError", "Unassign takes no payload");
 }
@@ -397,15 +461,35 @@ fn set_assignment_changes_the_mode_and_keeps_options() {
         &m("Assign", USB),
         &payload(USB_ID, "00_14.0", "required", " _no-strict-reset='True'"),
     ));
-    body_of(&env.call("mgmt", "work", &m("Set.assignment", USB), b"auto-attach"));
+    // A dom0 tool made it auto-attach (qubesd alone, no rules).
+    assert_eq!(
+        env.qubesd("admin.vm.device.pci.Set.assignment", USB, "work", b"auto-attach"),
+        b"0\0"
+    );
+    let (kind, _) = error_of(&env.call("mgmt", "work", &m("Set.assignment", USB), b"ask-to-attach"));
+    assert_eq!(kind, "QubesValueError", "only required takes effect for PCI");
+    body_of(&env.call("mgmt", "work", &m("Set.assignment", "dom0+00_14.0"), b"required"));
     let list = assigned(&env, "work");
     assert!(
-        list.contains("mode='auto-attach'") && list.contains("_no-strict-reset='True'"),
+        list.contains("mode='required'") && list.contains("_no-strict-reset='True'"),
         "{list}"
     );
-    let generation = env.dump()["generation"].clone();
-    body_of(&env.call("dom0", "work", &m("Set.assignment", USB), b"auto-attach"));
-    assert_eq!(env.dump()["generation"], generation, "same mode: no write");
+    // And an Assign of the same device and options with mode required is one Set.assignment.
+    assert_eq!(
+        env.qubesd("admin.vm.device.pci.Set.assignment", USB, "work", b"auto-attach"),
+        b"0\0"
+    );
+    body_of(&env.call(
+        "dom0",
+        "work",
+        &m("Assign", USB),
+        &payload(USB_ID, "00_14.0", "required", " _no-strict-reset='True'"),
+    ));
+    let last = env.qubesd_writes().pop().unwrap();
+    assert_eq!(
+        (last["method"].as_str(), last["payload"].as_str()),
+        (Some("admin.vm.device.pci.Set.assignment"), Some("required"))
+    );
     for bad in [&b"manual"[..], b"True", b"required\n", b"Required"] {
         let (kind, _) = error_of(&env.call("dom0", "work", &m("Set.assignment", USB), bad));
         assert_eq!(kind, "QubesUnrecognizedDeviceAssignmentMode");
@@ -415,8 +499,8 @@ fn set_assignment_changes_the_mode_and_keeps_options() {
     assert!(msg.contains("not assigned to work"), "{msg}");
     // Denied callers change nothing.
     let (kind, _) = error_of(&env.call("work", "work", &m("Set.assignment", USB), b"required"));
-    assert_eq!(kind, "PermissionDenied");
-    assert!(assigned(&env, "work").contains("mode='auto-attach'"));
+    assert_eq!(kind, "QubesDaemonAccessError");
+    assert!(assigned(&env, "work").contains("mode='required'"));
 }
 
 #[test]
@@ -424,56 +508,34 @@ fn policy_decides_who_assigns_where() {
     let env = env();
     body_of(&env.call("mgmt", "work", &m("Assign", USB), &required()));
     let (kind, _) = error_of(&env.call("mgmt", "sys-usb", &m("Assign", USB), &required()));
-    assert_eq!(kind, "PermissionDenied", "sys-usb was not created by mgmt");
+    assert_eq!(kind, "QubesDaemonAccessError", "sys-usb was not created by mgmt");
     let (kind, _) = error_of(&env.call("work", "work", &m("Unassign", USB), b""));
-    assert_eq!(kind, "PermissionDenied");
+    assert_eq!(kind, "QubesDaemonAccessError");
     assert!(assigned(&env, "work").contains("00_14.0"));
-    assert_eq!(env.dump()["generation"], 1);
+    assert_eq!(env.qubesd_writes().len(), 1);
 }
 
 #[test]
-fn damaged_store_refuses_writes_and_reports_on_read() {
-    let env = env();
-    body_of(&env.call("dom0", "work", &m("Assign", USB), &required()));
-    let mut bytes = std::fs::read(env.store_path()).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x40;
-    std::fs::write(env.store_path(), &bytes).unwrap();
-    let (kind, msg) = error_of(&env.call(
-        "dom0",
-        "work",
-        &m("Assign", NIC),
-        &payload("0x8086:0x15a3::p020000", "00_1f.6", "required", ""),
-    ));
-    assert_eq!(kind, "QubesException");
-    assert!(msg.contains("checksum") && msg.contains("move it aside"), "{msg}");
-    let (kind, _) = error_of(&env.call("dom0", "work", "admin.vm.device.pci.Assigned", b""));
-    assert_eq!(kind, "QubesException");
+fn qubesd_failures_are_typed_replies_that_leak_nothing() {
+    let mut env = env();
+    // qubesd closes without an answer (upstream does on a plain Python exception).
     assert_eq!(
-        std::fs::read(env.store_path()).unwrap(),
-        bytes,
-        "the damaged file is left as it is"
+        env.qubesd("standin.FailNext", "admin.vm.device.pci.Unassign=silent", "dom0", b""),
+        b"0\0"
     );
-    let out = env.cli(&["store", "dump"], b"");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
-}
-
-#[test]
-fn unknown_store_version_is_refused_not_reset() {
-    let env = env();
-    body_of(&env.call("dom0", "work", &m("Assign", USB), &required()));
-    let mut bytes = std::fs::read(env.store_path()).unwrap();
-    bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
-    let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
-    let mut h = crc32fast::Hasher::new();
-    h.update(&9u32.to_le_bytes());
-    h.update(&len.to_le_bytes());
-    h.update(&bytes[20..]);
-    bytes[16..20].copy_from_slice(&h.finalize().to_le_bytes());
-    std::fs::write(env.store_path(), &bytes).unwrap();
     let (kind, msg) = error_of(&env.call("dom0", "work", &m("Unassign", USB), b""));
     assert_eq!(kind, "QubesException");
-    assert!(msg.contains("newer"), "{msg}");
-    assert_eq!(std::fs::read(env.store_path()).unwrap(), bytes);
+    assert!(msg.contains("qubesd") && !msg.contains('/'), "{msg}");
+    // qubesd is gone: every call that needs it gets a typed reply naming no path.
+    env.stop_standin();
+    for (source, method, payload) in [
+        ("dom0", m("Assign", USB), required()),
+        ("mgmt", m("Assigned", ""), vec![]),
+        ("dom0", m("Unassign", USB), vec![]),
+    ] {
+        let (kind, msg) = error_of(&env.call(source, "work", &method, &payload));
+        assert_eq!(kind, "QubesException", "{method}: {msg}");
+        assert!(msg.contains("qubesd") && msg.contains("Try again"), "{msg}");
+        assert!(!msg.contains('/'), "no dom0 path in {msg}");
+    }
 }

@@ -82,11 +82,14 @@ fn every_subcommand_in_both_protocols() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(stdout(&out).contains("assigned dom0:00_14.0 to work (required)"));
+        // Only required takes effect for PCI: other modes are refused (QubesValueError).
         let out = client(
             &env,
             protocol,
             &["assign", "work", "8086:15a3", "--mode", "auto-attach"],
         );
+        assert_eq!(out.status.code(), Some(11), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = client(&env, protocol, &["assign", "work", "8086:15a3"]);
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         let out = client(&env, protocol, &["assign", "work", "dom0:00_1c.0-00_00.0"]);
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
@@ -100,14 +103,14 @@ fn every_subcommand_in_both_protocols() {
             (Some("0x8086:0x8cb1::p0c0330"), Some("required"))
         );
         let nic = a.iter().find(|x| x["port"] == "00_1f.6").unwrap();
-        assert_eq!(nic["mode"], "auto-attach");
+        assert_eq!(nic["mode"], "required");
         let wifi = a.iter().find(|x| x["port"] == "00_1c.0-00_00.0").unwrap();
         assert_eq!(wifi["device_id"], "*");
         let table = stdout(&client(&env, protocol, &["assigned", "work"]));
         assert!(
             table
                 .lines()
-                .any(|l| l.starts_with("dom0:00_1f.6") && l.contains("auto-attach")),
+                .any(|l| l.starts_with("dom0:00_1f.6") && l.contains("required")),
             "{table}"
         );
         // set-mode
@@ -120,7 +123,6 @@ fn every_subcommand_in_both_protocols() {
             json(&client(&env, protocol, &["--json", "attached", "work"])),
             serde_json::json!([])
         );
-        assert_eq!(env.cli(&["prepare-start", "work"], b"").status.code(), Some(0));
         env.set_power("work", "Running");
         let att = json(&client(&env, protocol, &["--json", "attached", "work"]));
         assert_eq!(att.as_array().unwrap().len(), 3, "{att}");

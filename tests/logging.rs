@@ -26,7 +26,7 @@ fn one_line_per_call_without_the_payload() {
         "admin.vm.device.pci.Assign+dom0+00_14.0",
     ]);
     let out = common::run(c, b"mode='required' _secret-payload-marker='True'");
-    assert!(out.stdout.starts_with(b"2\0PermissionDenied\0"));
+    assert!(out.stdout.starts_with(b"2\0QubesDaemonAccessError\0"));
     let log = String::from_utf8_lossy(&out.stderr);
     if std::path::Path::new("/run/systemd/journal/socket").exists() {
         // Logs went to journald; nothing to read back here.

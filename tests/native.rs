@@ -40,7 +40,7 @@ fn native_calls_do_what_text_calls_do() {
     );
     assert_eq!(r.result, Ok(Answer::Done));
     assert_eq!(code, Some(0));
-    // The text protocol sees the same store.
+    // The text protocol sees the same record (qubesd's).
     assert!(body_of(&env.call("dom0", "work", "admin.vm.device.pci.Assigned", b"")).contains("port_id='00_14.0'"));
     let (r, _) = native_call(&env, "dom0", "work", "admin.vm.device.pci.Assigned", RequestBody::Empty);
     let Ok(Answer::Assignments(a)) = r.result else {
@@ -74,6 +74,18 @@ fn native_calls_do_what_text_calls_do() {
         "work",
         "admin.vm.device.pci.Set.assignment+dom0+00_14.0",
         RequestBody::Mode(AssignmentMode::AutoAttach),
+    );
+    assert_eq!(
+        r.result.unwrap_err().kind,
+        "QubesValueError",
+        "only required takes effect for PCI"
+    );
+    let (r, _) = native_call(
+        &env,
+        "dom0",
+        "work",
+        "admin.vm.device.pci.Set.assignment+dom0+00_14.0",
+        RequestBody::Mode(AssignmentMode::Required),
     );
     assert_eq!(r.result, Ok(Answer::Done));
     let (r, _) = native_call(

@@ -71,7 +71,12 @@ fn every_path_the_packages_install_exists() {
     let rules = std::fs::read_to_string(repo("packaging/debian/rules")).unwrap();
     let mut sources = installed_sources(&spec);
     sources.extend(installed_sources(&rules));
-    for extra in ["packaging/cargo-vendor-config.toml", "LICENSE", "README.md"] {
+    for extra in [
+        "packaging/cargo-vendor-config.toml",
+        "LICENSE",
+        "README.md",
+        "service/qubesd-ext",
+    ] {
         assert!(
             spec.contains(extra) || rules.contains(extra) || extra == "LICENSE",
             "{extra}"
@@ -132,25 +137,30 @@ fn the_service_unit_is_a_sandboxed_notify_service() {
         "ExecStart=/usr/bin/qubes-pci-admin serve",
         "WatchdogSec=",
         "ProtectSystem=strict",
-        "ReadWritePaths=/var/lib/qubes-pci-admin",
         "NoNewPrivileges=yes",
         "RestrictAddressFamilies=AF_UNIX",
     ] {
         assert!(unit.contains(needed), "missing {needed}");
     }
-    // The state dir the unit allows is the daemon's default.
+    // It keeps no state of its own: nothing is writable.
+    assert!(!unit.contains("ReadWritePaths") && !unit.contains("StateDirectory"));
+    // What it reads by default is qubesd's.
     let out = std::process::Command::new(common::BIN).arg("--help").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("/var/lib/qubes-pci-admin"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for path in [
+        "/var/run/qubesd.sock",
+        "/var/run/qubesd.internal.sock",
+        "/var/lib/qubes/qubes.xml",
+    ] {
+        assert!(help.contains(path), "{path}");
+    }
 }
 
 #[test]
 fn man_pages_and_completions_come_from_the_cli() {
     let client = env!("CARGO_BIN_EXE_qubes-pci");
     for (bin, subcommands) in [
-        (
-            common::BIN,
-            &["serve", "prepare-start", "import-qubes-xml", "policy"][..],
-        ),
+        (common::BIN, &["serve", "assign-defaults", "list", "policy"][..]),
         (client, &["assign", "unassign", "set-mode", "assigned"][..]),
     ] {
         let man = std::process::Command::new(bin).arg("man").output().unwrap();

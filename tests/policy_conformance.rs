@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
-//! Runs every case of `../shared/conformance/policy-cases-public.json`
+//! Runs every case of `tests/data/conformance/policy-cases-public.json`
 //! (categories token … policy_exec; daemon_protocol is reference only)
 //! through the public policy API.
 
@@ -13,7 +13,7 @@ use serde_json::Value;
 
 const CASES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/conformance/policy-cases-public.json"
+    "/tests/data/conformance/policy-cases-public.json"
 );
 
 fn system_of(case: &Value) -> System {
@@ -434,7 +434,7 @@ fn run_case(case: &Value) -> Result<(), String> {
 
 #[test]
 fn public_conformance_cases() {
-    let text = std::fs::read_to_string(CASES).expect("the conformance cases live in ../shared/conformance");
+    let text = std::fs::read_to_string(CASES).expect("the conformance cases live in tests/data/conformance");
     let cases: Vec<Value> = serde_json::from_str(&text).unwrap();
     let mut failures = Vec::new();
     let mut ran: BTreeMap<String, usize> = BTreeMap::new();

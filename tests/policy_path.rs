@@ -40,7 +40,7 @@ fn management_qube_allowed_by_policy_lists_devices() {
     assert_eq!(body_of(&env.exec(AVAILABLE, "", "mgmt", "work", b"")), "");
     assert_eq!(
         error_of(&env.exec(AVAILABLE, "", "mgmt", "sys-net", b"")).0,
-        "PermissionDenied"
+        "QubesDaemonAccessError"
     );
 }
 
@@ -49,12 +49,15 @@ fn qube_without_a_grant_is_denied_and_nothing_leaks() {
     let env = env_with_grants("mgmt @adminvm allow target=dom0\n");
     let out = env.exec(AVAILABLE, "", "work", "@adminvm", b"");
     let (ty, msg) = error_of(&out);
-    assert_eq!(ty, "PermissionDenied");
+    assert_eq!(ty, "QubesDaemonAccessError");
     assert!(msg.contains(AVAILABLE));
     assert!(!msg.contains("00_14.0"));
     // Unknown destinations are denied by policy before they are looked up.
     let (ty, _) = error_of(&env.call("work", "no-such-qube", "admin.vm.device.pci.Assigned", b""));
-    assert_eq!(ty, "PermissionDenied");
+    assert_eq!(
+        ty, "QubesVMNotFoundError",
+        "a refused read of a qube: qvm-pci list skips that qube"
+    );
 }
 
 #[test]
@@ -67,7 +70,7 @@ fn a_broken_policy_denies_everything() {
     );
     assert_eq!(
         error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
-        "PermissionDenied"
+        "QubesDaemonAccessError"
     );
     let lint = cli(&env, &["policy", "lint"]);
     assert_eq!(lint.status.code(), Some(1));
@@ -79,7 +82,7 @@ fn a_broken_policy_denies_everything() {
     env.write_policy("50-Bad.policy", "");
     assert_eq!(
         error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
-        "PermissionDenied"
+        "QubesDaemonAccessError"
     );
     assert!(String::from_utf8(cli(&env, &["policy", "lint"]).stderr)
         .unwrap()
@@ -96,7 +99,7 @@ fn include_loops_and_unreadable_includes_are_errors_not_crashes() {
     assert!(String::from_utf8(lint.stderr).unwrap().contains("include loop"));
     assert_eq!(
         error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
-        "PermissionDenied"
+        "QubesDaemonAccessError"
     );
     env.write_policy("40-loop.policy", "!include include/missing\n");
     let lint = cli(&env, &["policy", "lint"]);
@@ -117,7 +120,7 @@ fn ask_proceeds_and_redirects_elsewhere_are_refused() {
     assert!(body_of(&env.exec(AVAILABLE, "", "gui", "@adminvm", b"")).contains("00_14.0"));
     assert_eq!(
         error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
-        "PermissionDenied"
+        "QubesDaemonAccessError"
     );
     // `allow` without target= resolves to the requested @adminvm, i.e. dom0.
     assert!(body_of(&env.exec(AVAILABLE, "", "sys-net", "@adminvm", b"")).contains("00_14.0"));

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 //! The rules of the policy spec beyond the public conformance sample
-//! (`../shared/reference/qrexec-policy.md`, §12 and §13 especially).
+//! (the qrexec policy reference, §12 and §13 especially).
 
 use qubes_pci_admin::policy::parser::{MemFs, Policy};
 use qubes_pci_admin::policy::token::{Ctx, Token};

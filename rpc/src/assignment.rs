@@ -123,6 +123,32 @@ impl Assignment {
         })
     }
 
+    /// The lines of an `Assigned`/`Attached` body
+    /// (`backend+port:device_id <serialization>`), each checked against its key.
+    pub fn parse_lines(untrusted_body: &[u8]) -> Result<Vec<Assignment>, DecodeError> {
+        let text = std::str::from_utf8(untrusted_body).map_err(|_| DecodeError::NotAscii)?;
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|line| {
+                let (head, rest) = line.split_once(' ').ok_or(DecodeError::MalformedProperties)?;
+                let (backend, ident) = head.split_once('+').ok_or(DecodeError::MalformedProperties)?;
+                let (port, device_id) = ident.split_once(':').ok_or(DecodeError::MalformedProperties)?;
+                let expected = DeviceRef {
+                    backend: QubeName::parse(backend)?,
+                    port: match port {
+                        "*" => Wild::Any,
+                        p => Wild::Is(PciPath::parse(p)?),
+                    },
+                    device_id: match device_id {
+                        "*" => Wild::Any,
+                        d => Wild::Is(DeviceId::parse(d)?),
+                    },
+                };
+                Assignment::deserialize(rest.as_bytes(), &expected)
+            })
+            .collect()
+    }
+
     /// The concrete port, when the assignment names one.
     pub fn port(&self) -> Option<&PciPath> {
         self.device.port.as_option()

@@ -256,28 +256,10 @@ pub fn devices_from_text(untrusted_body: &[u8], backend: &QubeName) -> Result<Ve
 /// The entries of a text `Assigned`/`Attached` body
 /// (`backend+port:device_id props`).
 pub fn assignments_from_text(untrusted_body: &[u8]) -> Result<Vec<AssignmentEntry>, DecodeError> {
-    lines(untrusted_body)?
-        .map(|line| {
-            let (head, rest) = line.split_once(' ').ok_or(DecodeError::MalformedProperties)?;
-            let (backend, ident) = head.split_once('+').ok_or(DecodeError::MalformedProperties)?;
-            let (port, device_id) = ident.split_once(':').ok_or(DecodeError::MalformedProperties)?;
-            let expected = DeviceRef {
-                backend: QubeName::parse(backend)?,
-                port: match port {
-                    "*" => Wild::Any,
-                    p => Wild::Is(PciPath::parse(p)?),
-                },
-                device_id: match device_id {
-                    "*" => Wild::Any,
-                    d => Wild::Is(DeviceId::parse(d)?),
-                },
-            };
-            Ok(AssignmentEntry::from(&Assignment::deserialize(
-                rest.as_bytes(),
-                &expected,
-            )?))
-        })
-        .collect()
+    Ok(Assignment::parse_lines(untrusted_body)?
+        .iter()
+        .map(AssignmentEntry::from)
+        .collect())
 }
 
 fn lines(untrusted_body: &[u8]) -> Result<impl Iterator<Item = &str>, DecodeError> {

@@ -91,7 +91,25 @@ impl fmt::Display for ExceptionKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Ok(Vec<u8>),
-    Err { kind: ExceptionKind, message: String },
+    Err {
+        kind: ExceptionKind,
+        message: String,
+    },
+    /// An exception under another class name that stock clients know
+    /// (relayed from qubesd, or a client-side class such as
+    /// `QubesDaemonAccessError`). The name is an ASCII identifier.
+    Named {
+        name: String,
+        message: String,
+    },
+}
+
+/// Whether `name` can stand as an exception class name on the wire.
+pub fn is_exception_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl Reply {
@@ -106,7 +124,7 @@ impl Reply {
     pub fn code(&self) -> u8 {
         match self {
             Reply::Ok(_) => 0,
-            Reply::Err { .. } => 2,
+            Reply::Err { .. } | Reply::Named { .. } => 2,
         }
     }
 
@@ -121,10 +139,24 @@ impl Reply {
                 out.extend_from_slice(body);
                 out
             }
-            Reply::Err { kind, message } => {
-                let message = message.replace('\0', " ").replace('%', "%%");
-                format!("2\0{}\0\0{}\0", kind.name(), message).into_bytes()
-            }
+            Reply::Err { kind, message } => error_bytes(kind.name(), message),
+            Reply::Named { name, message } => error_bytes(
+                if is_exception_name(name) {
+                    name
+                } else {
+                    "QubesException"
+                },
+                message,
+            ),
+        }
+    }
+
+    /// The exception class name of an error reply.
+    pub fn exception_name(&self) -> Option<&str> {
+        match self {
+            Reply::Ok(_) => None,
+            Reply::Err { kind, .. } => Some(kind.name()),
+            Reply::Named { name, .. } => Some(name),
         }
     }
 
@@ -135,11 +167,30 @@ impl Reply {
         }
         let rest = bytes.strip_prefix(b"2\0")?;
         let mut parts = rest.splitn(4, |&b| b == 0);
-        let kind = ExceptionKind::from_name(std::str::from_utf8(parts.next()?).ok()?)?;
+        let name = std::str::from_utf8(parts.next()?)
+            .ok()
+            .filter(|n| is_exception_name(n))?;
         let _traceback = parts.next()?;
         let message = String::from_utf8_lossy(parts.next()?).replace("%%", "%");
-        (parts.next()? == b"").then_some(Reply::Err { kind, message })
+        if parts.next()? != b"" {
+            return None;
+        }
+        Some(match ExceptionKind::from_name(name) {
+            Some(kind) => Reply::Err { kind, message },
+            None => Reply::Named {
+                name: name.to_owned(),
+                message,
+            },
+        })
     }
+}
+
+/// `2\0NAME\0\0MESSAGE\0`: the message never carries NUL (it would cut the
+/// frame), and `%` is doubled because the client formats the message with
+/// `%` before showing it.
+fn error_bytes(name: &str, message: &str) -> Vec<u8> {
+    let message = message.replace('\0', " ").replace('%', "%%");
+    format!("2\0{name}\0\0{message}\0").into_bytes()
 }
 
 #[cfg(test)]
@@ -186,6 +237,21 @@ mod tests {
             assert_eq!(Reply::decode(&r.encode()), Some(r));
         }
         assert_eq!(Reply::decode(b""), None);
-        assert_eq!(Reply::decode(b"2\0Nope\0\0m\0"), None);
+        assert_eq!(
+            Reply::decode(b"2\0QubesVMInUseError\0\0m\0"),
+            Some(Reply::Named {
+                name: "QubesVMInUseError".into(),
+                message: "m".into()
+            })
+        );
+        assert_eq!(Reply::decode(b"2\0No pe\0\0m\0"), None);
+        assert_eq!(
+            Reply::Named {
+                name: "../x".into(),
+                message: "m".into()
+            }
+            .encode(),
+            b"2\0QubesException\0\0m\0"
+        );
     }
 }

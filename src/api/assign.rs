@@ -1,13 +1,14 @@
-//! The write methods: `Assign`, `Unassign` and `Set.assignment`. Each one
-//! is recorded (or refused) before its reply is sent.
+//! The write methods `Assign`, `Unassign` and `Set.assignment`: checked
+//! here, then sent to qubesd as one canonical request each (qubesd's
+//! qubes.xml is the one record), and qubesd's answer relayed.
 
-use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceRef, PciOptions, QubeName, Wild};
+use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceRef, Method, PciOptions, QubeName, Wild};
 
 use super::{Call, Output, Service};
 use crate::error::ApiError;
-use crate::passthrough::rules;
-use crate::pci::{Inventory, PciDevice};
-use crate::store::{Record, State};
+use crate::passthrough::rules::{self, Dest, Plan};
+use crate::passthrough::Record;
+use crate::pci::Inventory;
 
 /// The policy service that must also allow setting an option.
 pub const OPTION_SERVICE: &str = "admin.vm.device.pci.Option";
@@ -24,27 +25,92 @@ pub(super) fn assign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
             )));
         }
     }
-    let record = record_of(&assignment, frontend)?;
-    rules::check_qube(&call.dest, call.dest_info(), &record.device_name())?;
-    let at_port = Inventory::scan_port(&svc.config.sysfs, &record.port)?;
-    let outcome = svc
-        .store()
-        .update(|state| apply_assign(state, record, at_port.as_ref(), |name| grant_option(svc, call, name)))?;
-    outcome.log();
+    let new = record_of(&assignment, frontend.clone())?;
+    rules::check_mode(new.mode, frontend.as_str(), &new.device_name())?;
+    let dest = Dest {
+        name: &call.dest,
+        class: call.dest_info().and_then(|i| i.klass.as_deref()),
+        virt_mode: None,
+    };
+    rules::check_qube(&dest, &new.device_name())?;
+    let virt_mode = svc.qubesd().virt_mode(&frontend)?;
+    let dest = Dest {
+        virt_mode: Some(&virt_mode),
+        ..dest
+    };
+    let assigned = svc.qubes_xml()?.records();
+    let at_port = Inventory::scan_port(&svc.config.sysfs, &new.port)?;
+    let plan = rules::check_assign(&dest, &new, &assigned, at_port.as_ref(), |name| {
+        grant_option(svc, call, name)
+    })?;
+    let others: Vec<String> = rules::also_assigned(&assigned, &new)
+        .map(|r| r.frontend.to_string())
+        .collect();
+    match plan {
+        Plan::New | Plan::Identical => send_assign(svc, &new)?,
+        Plan::Mode { .. } => svc.forward(
+            Method::SetAssignment,
+            &new.device_ref().to_qarg(),
+            &frontend,
+            new.mode.as_str().as_bytes(),
+        )?,
+        Plan::Replace { before } => replace(svc, &before, &new)?,
+    };
+    tracing::info!(device = %new.device_name(), qube = %frontend, mode = %new.mode, "assigned");
+    if !others.is_empty() {
+        tracing::warn!(
+            device = %new.device_name(),
+            "PCI device is now assigned to several qubes ({} and {}); only one of them can run at a time",
+            frontend,
+            others.join(", ")
+        );
+    }
     Ok(Output::Empty)
 }
 
-/// A validated assignment for `frontend`. Modes: PCI devices reach a qube
-/// only at its start, so `manual` (hot-plug on request) has no meaning.
-pub fn record_of(assignment: &Assignment, frontend: QubeName) -> Result<Record, ApiError> {
-    if assignment.mode == AssignmentMode::Manual {
-        return Err(ApiError::Value(format!(
-            "PCI device {} cannot be assigned to {frontend} in manual mode: PCI devices reach a qube only when it \
-             starts. Assign it with mode required (`qvm-pci assign --required {frontend} {}`)",
-            assignment.device,
-            short(&assignment.device),
-        )));
+/// The canonical Assign of `r`.
+fn send_assign(svc: &Service, r: &Record) -> Result<Output, ApiError> {
+    let payload = r.to_assignment().serialize()?;
+    svc.forward(
+        Method::Assign,
+        &r.device_ref().to_qarg(),
+        &r.frontend,
+        payload.as_bytes(),
+    )
+}
+
+/// Another set of options for an existing assignment: qubesd has no call
+/// for it, so unassign and assign again; if the assign fails, the old
+/// assignment is put back, so the qube never ends up without its device.
+fn replace(svc: &Service, before: &Record, after: &Record) -> Result<Output, ApiError> {
+    svc.forward(Method::Unassign, &before.device_ref().to_qarg(), &before.frontend, b"")?;
+    match send_assign(svc, after) {
+        Ok(o) => {
+            tracing::info!(
+                device = %after.device_name(),
+                qube = %after.frontend,
+                "options changed from [{}] to [{}]",
+                before.options.enabled().collect::<Vec<_>>().join(","),
+                after.options.enabled().collect::<Vec<_>>().join(","),
+            );
+            Ok(o)
+        }
+        Err(e) => {
+            if let Err(restore) = send_assign(svc, before) {
+                tracing::error!(
+                    device = %before.device_name(),
+                    qube = %before.frontend,
+                    error = %restore.detail(),
+                    "changing the options failed and the old assignment could not be restored; assign it again"
+                );
+            }
+            Err(e)
+        }
     }
+}
+
+/// A validated assignment for `frontend`: a concrete port and valid options.
+pub fn record_of(assignment: &Assignment, frontend: QubeName) -> Result<Record, ApiError> {
     let Wild::Is(port) = assignment.device.port.clone() else {
         return Err(ApiError::Value(format!(
             "assign a PCI device to {frontend} by its port id (such as dom0+00_14.0+_): `qvm-pci` lists them"
@@ -57,96 +123,7 @@ pub fn record_of(assignment: &Assignment, frontend: QubeName) -> Result<Record, 
         device_id: assignment.device.device_id.clone(),
         mode: assignment.mode,
         options,
-        sbdf: None,
     })
-}
-
-/// `dom0:PORT`, as `qvm-pci` takes a device.
-fn short(d: &DeviceRef) -> String {
-    format!("{}:{}", d.backend, d.port)
-}
-
-/// What an Assign did, for the log.
-pub enum AssignOutcome {
-    Added { record: Record, others: Vec<QubeName> },
-    Replaced { before: Record, after: Record },
-}
-
-impl AssignOutcome {
-    pub fn log(&self) {
-        match self {
-            AssignOutcome::Added { record, others } => {
-                tracing::info!(device = %record.device_name(), qube = %record.frontend, mode = %record.mode, "assigned");
-                if !others.is_empty() {
-                    let list: Vec<String> = others.iter().map(|q| q.to_string()).collect();
-                    tracing::warn!(
-                        device = %record.device_name(),
-                        qube = %record.frontend,
-                        "PCI device is now assigned to several qubes ({} and {}); only one of them can run at a time",
-                        record.frontend,
-                        list.join(", ")
-                    );
-                }
-            }
-            AssignOutcome::Replaced { before, after } => tracing::info!(
-                device = %after.device_name(),
-                qube = %after.frontend,
-                "assignment changed from mode {} options [{}] to mode {} options [{}]",
-                before.mode,
-                before.options.enabled().collect::<Vec<_>>().join(","),
-                after.mode,
-                after.options.enabled().collect::<Vec<_>>().join(","),
-            ),
-        }
-    }
-}
-
-/// Applies one Assign to `state`: an identical assignment is
-/// `DeviceAlreadyAssigned`; one with another mode or other options is
-/// replaced in place (one write, no window without an assignment); a new
-/// one must pass the device and multi-function rules (`at_port`: the live
-/// device at the record's port). `grant` is asked for
-/// every option the call turns on.
-pub fn apply_assign(
-    state: &mut State,
-    mut record: Record,
-    at_port: Option<&PciDevice>,
-    grant: impl Fn(&str) -> Result<(), ApiError>,
-) -> Result<AssignOutcome, ApiError> {
-    if let Some(i) = state.find(&record) {
-        let before = state
-            .assignments
-            .get(i)
-            .cloned()
-            .ok_or_else(|| ApiError::Qubes("store index".into()))?;
-        if before.mode == record.mode && before.options == record.options {
-            return Err(ApiError::AlreadyAssigned(format!(
-                "pci device {} already assigned to {}",
-                record.device_name(),
-                record.frontend
-            )));
-        }
-        for name in record.options.newly_enabled(before.options) {
-            grant(name)?;
-        }
-        rules::check_siblings(state, &record)?;
-        record.sbdf = before.sbdf;
-        if let Some(slot) = state.assignments.get_mut(i) {
-            *slot = record.clone();
-        }
-        return Ok(AssignOutcome::Replaced { before, after: record });
-    }
-    let dev = rules::check_device(at_port, &record.port, &record.device_id, record.frontend.as_str())?;
-    record.sbdf = Some(dev.sbdf);
-    rules::check_siblings(state, &record)?;
-    for name in record.options.newly_enabled(PciOptions::default()) {
-        grant(name)?;
-    }
-    let others = rules::also_assigned(state, &record)
-        .map(|r| r.frontend.clone())
-        .collect();
-    state.assignments.push(record.clone());
-    Ok(AssignOutcome::Added { record, others })
 }
 
 /// Setting an option needs its own allow rule for the same source and
@@ -161,56 +138,61 @@ fn grant_option(svc: &Service, call: &Call, name: &str) -> Result<(), ApiError> 
         name,
         false,
     )
-    .map_err(|why| {
-        tracing::warn!(source = %call.req.source, target = %call.req.target, option = name, "option denied: {why}");
-        ApiError::PermissionDenied(format!(
-            "setting {name} on a PCI assignment weakens isolation, and the qrexec policy does not allow \
-             {OPTION_SERVICE}+{name} from {} to {}; nothing was changed. An administrator can allow it in \
-             /etc/qubes/policy.d, or assign without the option",
-            call.req.source, call.req.target
-        ))
-    })
+    .map_err(|why| option_denied(&call.req.source, &call.req.target.to_string(), name, &why))
 }
 
-/// The stored assignment of `qube` that a call's argument names: same
-/// port and device id; an argument without a device id also finds the one
+/// The refusal of an option the policy does not grant.
+pub fn option_denied(source: &QubeName, target: &str, name: &str, why: &str) -> ApiError {
+    tracing::warn!(%source, target, option = name, "option denied: {why}");
+    ApiError::PermissionDenied {
+        message: format!(
+            "setting {name} on a PCI assignment weakens isolation, and dom0's qrexec policy does not allow \
+             {OPTION_SERVICE}+{name} from {source} to {target}; nothing was changed. A dom0 administrator can \
+             allow it in the policy, or assign without the option"
+        ),
+        read_of_qube: false,
+    }
+}
+
+/// The assignment of `qube` that a call's argument names: same port and
+/// device id; an argument without a device id also finds the one
 /// assignment at that port.
-pub fn find_for_arg(state: &State, qube: &QubeName, dev: &DeviceRef) -> Option<usize> {
+pub fn find_for_arg<'a>(assigned: &'a [Record], qube: &QubeName, dev: &DeviceRef) -> Option<&'a Record> {
     let Wild::Is(port) = &dev.port else {
         return None;
     };
     let at_port = |r: &&Record| &r.frontend == qube && &r.port == port;
-    if let Some(i) = state
-        .assignments
-        .iter()
-        .position(|r| at_port(&r) && r.device_id == dev.device_id)
-    {
-        return Some(i);
+    if let Some(r) = assigned.iter().filter(at_port).find(|r| r.device_id == dev.device_id) {
+        return Some(r);
     }
     if dev.device_id == Wild::Any {
-        let mut candidates = state.assignments.iter().enumerate().filter(|(_, r)| at_port(r));
-        if let (Some((i, _)), None) = (candidates.next(), candidates.next()) {
-            return Some(i);
+        let mut candidates = assigned.iter().filter(at_port);
+        if let (Some(r), None) = (candidates.next(), candidates.next()) {
+            return Some(r);
         }
     }
     None
+}
+
+/// The argument qubesd needs for the assignment the caller named: the
+/// stored identity when there is one, else the caller's own (canonical).
+fn stored_qarg(svc: &Service, qube: &QubeName, dev: &DeviceRef) -> Result<String, ApiError> {
+    let assigned = svc.qubes_xml()?.records();
+    Ok(find_for_arg(&assigned, qube, dev).map_or_else(|| dev.to_qarg(), |r| r.device_ref().to_qarg()))
 }
 
 /// `Unassign`: by stored identity, whether or not the device still exists.
 pub(super) fn unassign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let dev = call.device_arg()?;
     let qube = call.dest_name()?;
-    let removed = svc.store().update(|state| match find_for_arg(state, &qube, &dev) {
-        Some(i) => Ok(state.assignments.remove(i)),
-        None => Err(ApiError::NotAssigned(format!(
-            "pci device {dev} not assigned to {qube}"
-        ))),
-    })?;
-    tracing::info!(device = %removed.device_name(), qube = %qube, "unassigned");
+    let arg = stored_qarg(svc, &qube, &dev)?;
+    svc.forward(Method::Unassign, &arg, &qube, b"")?;
+    tracing::info!(device = %dev, qube = %qube, "unassigned");
     Ok(Output::Empty)
 }
 
-/// `Set.assignment`: the payload is exactly a mode; options are kept.
+/// `Set.assignment`: the payload is exactly a mode, and for PCI only
+/// `required` takes effect.
 pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let mode = match &call.req.untrusted_payload[..] {
         b"required" => AssignmentMode::Required,
@@ -220,19 +202,9 @@ pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     };
     let dev = call.device_arg()?;
     let qube = call.dest_name()?;
-    let changed = svc.store().update(|state| {
-        let i = find_for_arg(state, &qube, &dev)
-            .ok_or_else(|| ApiError::Value(format!("Device {dev} not assigned to {qube}")))?;
-        let slot = state
-            .assignments
-            .get_mut(i)
-            .ok_or_else(|| ApiError::Qubes("store index".into()))?;
-        let before = slot.mode;
-        slot.mode = mode;
-        Ok::<_, ApiError>((before != mode).then(|| (slot.device_name(), before)))
-    })?;
-    if let Some((device, before)) = changed {
-        tracing::info!(%device, qube = %qube, "assignment mode changed from {before} to {mode}");
-    }
+    rules::check_mode(mode, qube.as_str(), &dev.to_string())?;
+    let arg = stored_qarg(svc, &qube, &dev)?;
+    svc.forward(Method::SetAssignment, &arg, &qube, mode.as_str().as_bytes())?;
+    tracing::info!(device = %dev, qube = %qube, "assignment mode set to {mode}");
     Ok(Output::Empty)
 }

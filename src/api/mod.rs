@@ -19,15 +19,15 @@ use qubes_pci_rpc::{
     UntrustedTarget, Wild,
 };
 
-pub use assign::{apply_assign, find_for_arg, record_of, AssignOutcome, OPTION_SERVICE};
+pub use assign::{find_for_arg, option_denied, record_of, OPTION_SERVICE};
 pub use available::{describe, device_infos};
 
 use crate::cache::{self, Cached};
-use crate::config::QUBESD_SOCKET;
 use crate::error::ApiError;
 use crate::pci::{Inventory, InventoryCache};
 use crate::policy::Policy;
-use crate::store::Store;
+use crate::qubes_xml::QubesXml;
+use crate::qubesd::{self as qubesd_wire, Qubesd};
 use crate::sysinfo::{DomainInfo, SystemInfo};
 use crate::Config;
 
@@ -36,8 +36,10 @@ use crate::Config;
 #[derive(Clone)]
 pub struct Service {
     pub config: Config,
+    qubesd: Qubesd,
     policy: Arc<Cached<Policy>>,
     system: Arc<Cached<SystemInfo>>,
+    xml: Arc<Cached<QubesXml>>,
     devices: Arc<InventoryCache>,
 }
 
@@ -160,10 +162,42 @@ impl Call {
 impl Service {
     pub fn new(config: Config) -> Service {
         Service {
+            qubesd: config.qubesd(),
             config,
             policy: Arc::default(),
             system: Arc::default(),
+            xml: Arc::default(),
             devices: Arc::default(),
+        }
+    }
+
+    pub fn qubesd(&self) -> &Qubesd {
+        &self.qubesd
+    }
+
+    /// qubesd's qubes.xml, parsed again only when the file changed.
+    pub fn qubes_xml(&self) -> Result<Arc<QubesXml>, ApiError> {
+        let path = &self.config.qubes_xml;
+        self.xml
+            .get(
+                |_| cache::stamps(std::slice::from_ref(path), 0),
+                || QubesXml::load(path),
+            )
+            .map_err(|detail| {
+                ApiError::dom0(
+                    "dom0's record of PCI assignments (qubesd's qubes.xml) cannot be read; nothing was changed by                      this call. A dom0 administrator can find the cause in the journal",
+                    detail,
+                )
+            })
+    }
+
+    /// One request to qubesd's Admin API as dom0; its refusal keeps its
+    /// exception name.
+    pub fn forward(&self, method: Method, arg: &str, dest: &QubeName, payload: &[u8]) -> Result<Output, ApiError> {
+        tracing::debug!(%method, arg, %dest, "to qubesd");
+        match self.qubesd.admin(&method.to_string(), arg, dest, payload)? {
+            qubesd_wire::Answer::Ok(_) => Ok(Output::Empty),
+            qubesd_wire::Answer::Refused { name, message } => Err(ApiError::Relayed { name, message }),
         }
     }
 
@@ -171,10 +205,6 @@ impl Service {
     /// a device it saw before is only what cannot change while it exists).
     pub fn inventory(&self) -> Result<Inventory, ApiError> {
         Ok(Inventory::scan_cached(&self.config.sysfs, &self.devices)?)
-    }
-
-    pub fn store(&self) -> Store {
-        Store::new(&self.config.state_dir)
     }
 
     /// The policy, parsed again only when a file under the policy
@@ -192,14 +222,22 @@ impl Service {
     }
 
     /// The system info: from the configured file (kept while it does not
-    /// change), or asked from qubesd on every call.
+    /// change), or asked from qubesd (`internal.GetSystemInfo`) on every call.
     pub fn system_info(&self) -> Result<Arc<SystemInfo>, ApiError> {
         match &self.config.system_info {
-            Some(path) => Ok(self.system.get(
-                |_| cache::stamps(std::slice::from_ref(path), 0),
-                || SystemInfo::load_file(path),
-            )?),
-            None => Ok(Arc::new(SystemInfo::load_qubesd(std::path::Path::new(QUBESD_SOCKET))?)),
+            Some(path) => self
+                .system
+                .get(
+                    |_| cache::stamps(std::slice::from_ref(path), 0),
+                    || SystemInfo::load_file(path),
+                )
+                .map_err(|e| {
+                    ApiError::dom0(
+                        "the system info given to qubes-pci-admin cannot be read; a dom0 administrator can find                          the cause in the journal",
+                        e.to_string(),
+                    )
+                }),
+            None => Ok(Arc::new(self.qubesd.system_info()?)),
         }
     }
 

@@ -221,6 +221,17 @@ impl Client {
                     (!arg.is_empty()).then(|| arg.replace('+', ":")),
                     Some(target.to_owned()),
                 ))),
+                Some(Reply::Named { name, message }) => Err(Failure::Refused(NativeError::new(
+                    // the class qubesadmin raises when a call is refused
+                    if name == "QubesDaemonAccessError" {
+                        ExceptionKind::PermissionDenied
+                    } else {
+                        ExceptionKind::QubesException
+                    },
+                    message,
+                    (!arg.is_empty()).then(|| arg.replace('+', ":")),
+                    Some(target.to_owned()),
+                ))),
                 None => Err(Failure::Local("the reply is not in the Admin API format".into())),
             },
         }

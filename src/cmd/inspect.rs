@@ -46,9 +46,23 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
     let inventory = Inventory::scan(&svc.config.sysfs)?;
     let infos = qubes_pci_admin::api::device_infos(&inventory, svc.config.pci_ids.as_deref(), None);
-    let state = svc.store().read().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fail = |e: qubes_pci_admin::ApiError| anyhow::anyhow!("{}", e.detail());
+    let xml = svc.qubes_xml().map_err(fail)?;
+    let system = svc.system_info().map_err(fail)?;
+    let mut attached = Vec::new();
+    for (name, _) in system
+        .domains
+        .iter()
+        .filter(|(n, i)| i.is_running() && n.as_str() != "dom0")
+    {
+        let q = qubes_pci_rpc::QubeName::parse(name)?;
+        for a in svc.qubesd().attached(&q).map_err(|e| fail(e.into()))? {
+            attached.push((q.clone(), a));
+        }
+    }
+    let records = xml.records();
     let used_by = |port: &qubes_pci_rpc::PciPath| -> Vec<String> {
-        let assigned = state.assignments.iter().filter(|r| &r.port == port).map(|r| {
+        let assigned = records.iter().filter(|r| &r.port == port).map(|r| {
             let opts: Vec<String> = r.options.enabled().map(|o| format!("{o}=True")).collect();
             if opts.is_empty() {
                 format!("{} ({})", r.frontend, r.mode)
@@ -56,12 +70,11 @@ pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
                 format!("{} ({}, {})", r.frontend, r.mode, opts.join(", "))
             }
         });
-        let held = state
-            .holds
+        let running = attached
             .iter()
-            .filter(|h| &h.port == port)
-            .map(|h| format!("{} (started with it)", h.qube));
-        assigned.chain(held).collect()
+            .filter(|(_, a)| a.device.port.as_option() == Some(port))
+            .map(|(q, _)| format!("{q} (attached, running)"));
+        assigned.chain(running).collect()
     };
     let rows: Vec<serde_json::Value> = infos
         .iter()

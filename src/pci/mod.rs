@@ -1,6 +1,5 @@
 //! dom0's PCI devices: the sysfs inventory, PCI paths and pci.ids names.
 
-pub mod bind;
 pub mod names;
 pub mod sysfs;
 

@@ -8,7 +8,7 @@ pub mod token;
 
 use std::sync::Arc;
 
-use qubes_pci_rpc::{QubeName, Request, Target};
+use qubes_pci_rpc::{Method, QubeName, Request, Target};
 use serde_json::json;
 
 pub use eval::{Allow, Ask, Denied, PolicyRequest, Resolution};
@@ -31,7 +31,15 @@ pub fn check(
     check_service(policy, system, &req.source, &req.target, &service, &req.untrusted_arg, true).map_err(
         |why| {
             tracing::warn!(method = %req.method, source = %req.source, target = %req.target, arg = req.untrusted_arg, "policy denied: {why}");
-            ApiError::PermissionDenied(format!("{} denied by qrexec policy", req.method))
+            let read_of_qube = matches!(req.method, Method::Assigned | Method::Attached);
+            ApiError::PermissionDenied {
+                message: format!(
+                    "{} from {} to {} is denied by dom0's qrexec policy; nothing was changed. A dom0 \
+                     administrator can allow it in the policy",
+                    req.method, req.source, req.target
+                ),
+                read_of_qube,
+            }
         },
     )
 }

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: fake sysfs trees, a test
-//! environment (state dir, policy dir, system info) and runners for the
-//! built binary in `call` and exec mode.
+//! environment (policy dir, the qubesd stand-in with its qubes.xml) and
+//! runners for the built binary in `call` and exec mode.
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -20,29 +20,95 @@ pub use fakesys::{FakeDev, FakeSysfs};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_qubes-pci-admin");
 
-pub const SYSTEM_INFO: &str = r#"{"domains": {
- "dom0": {"type": "AdminVM", "tags": ["dom0-tag"], "power_state": "Running", "uuid": "00000000-0000-0000-0000-000000000000"},
- "sys-net": {"type": "AppVM", "tags": [], "power_state": "Running", "uuid": "1b5e3a48-7f3c-4d2e-9a51-2c0d6f1e8a01", "virt_mode": "hvm"},
- "sys-usb": {"type": "DispVM", "tags": [], "power_state": "Halted", "uuid": "2c6f4b59-8a4d-4e3f-8b62-3d1e7a2f9b02", "virt_mode": "hvm"},
- "mgmt": {"type": "AppVM", "tags": ["mgmt"], "power_state": "Running", "uuid": "3d7a5c6a-9b5e-4f4a-9c73-4e2f8b3a0c03"},
- "gui": {"type": "AppVM", "tags": [], "power_state": "Running", "uuid": "4e8b6d7b-ac6f-4a5b-8d84-5f3a9c4b1d04"},
- "work": {"type": "AppVM", "tags": ["created-by-mgmt", "guivm-gui"], "power_state": "Halted", "uuid": "5f9c7e8c-bd7a-4b6c-9e95-6a4bad5c2e05", "virt_mode": "hvm"},
- "personal": {"type": "AppVM", "tags": [], "power_state": "Halted", "uuid": "6aad8f9d-ce8b-4c7d-8fa6-7b5cbe6d3f06", "virt_mode": "pvh"}
-}}"#;
+/// The qubes of every test, in qubesd's qubes.xml shape: sys-net, mgmt
+/// and gui start running; personal runs in pvh mode.
+pub const QUBES_XML: &str = r#"<?xml version='1.0' encoding='utf-8'?>
+<qubes>
+ <domains>
+  <domain id="domain-0" class="AdminVM"><properties><property name="name">dom0</property><property name="uuid">00000000-0000-0000-0000-000000000000</property></properties><tags><tag name="dom0-tag"/></tags></domain>
+  <domain id="domain-1" class="AppVM"><properties><property name="name">sys-net</property><property name="uuid">1b5e3a48-7f3c-4d2e-9a51-2c0d6f1e8a01</property><property name="virt_mode">hvm</property></properties><tags/></domain>
+  <domain id="domain-2" class="DispVM"><properties><property name="name">sys-usb</property><property name="uuid">2c6f4b59-8a4d-4e3f-8b62-3d1e7a2f9b02</property><property name="virt_mode">hvm</property></properties><tags/></domain>
+  <domain id="domain-3" class="AppVM"><properties><property name="name">mgmt</property><property name="uuid">3d7a5c6a-9b5e-4f4a-9c73-4e2f8b3a0c03</property></properties><tags><tag name="mgmt"/></tags></domain>
+  <domain id="domain-4" class="AppVM"><properties><property name="name">gui</property><property name="uuid">4e8b6d7b-ac6f-4a5b-8d84-5f3a9c4b1d04</property></properties><tags/></domain>
+  <domain id="domain-5" class="AppVM"><properties><property name="name">work</property><property name="uuid">5f9c7e8c-bd7a-4b6c-9e95-6a4bad5c2e05</property><property name="virt_mode">hvm</property></properties><tags><tag name="created-by-mgmt"/><tag name="guivm-gui"/></tags></domain>
+  <domain id="domain-6" class="AppVM"><properties><property name="name">personal</property><property name="uuid">6aad8f9d-ce8b-4c7d-8fa6-7b5cbe6d3f06</property><property name="virt_mode">pvh</property></properties><tags/></domain>
+ </domains>
+</qubes>
+"#;
 
-/// A state dir, a policy dir and a system-info file for one test.
+/// The stand-in for qubesd the project ships (tests/standin).
+pub const STANDIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/standin/qubesd-standin.py");
+
+/// A fake sysfs, a policy dir and a running qubesd stand-in with its
+/// qubes.xml, for one test.
 pub struct TestEnv {
     pub sysfs: FakeSysfs,
     pub dir: tempfile::TempDir,
+    standin: Option<std::process::Child>,
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.standin.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl TestEnv {
     pub fn new(sysfs: FakeSysfs) -> TestEnv {
+        TestEnv::with_qubes_xml(sysfs, QUBES_XML)
+    }
+
+    pub fn with_qubes_xml(sysfs: FakeSysfs, xml: &str) -> TestEnv {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("state")).unwrap();
         std::fs::create_dir_all(dir.path().join("policy/include")).unwrap();
-        std::fs::write(dir.path().join("system-info.json"), SYSTEM_INFO).unwrap();
-        TestEnv { sysfs, dir }
+        std::fs::write(dir.path().join("qubes.xml"), xml).unwrap();
+        let mut env = TestEnv {
+            sysfs,
+            dir,
+            standin: None,
+        };
+        env.start_standin();
+        for q in ["sys-net", "mgmt", "gui"] {
+            if xml.contains(&format!(">{q}<")) {
+                env.set_power(q, "Running");
+            }
+        }
+        env
+    }
+
+    fn start_standin(&mut self) {
+        let d = self.dir.path();
+        let mut c = self.command(Path::new("python3"));
+        c.arg(STANDIN)
+            .arg("--qubes-xml")
+            .arg(d.join("qubes.xml"))
+            .arg("--admin-socket")
+            .arg(d.join("qubesd.sock"))
+            .arg("--internal-socket")
+            .arg(d.join("qubesd.internal.sock"))
+            .arg("--log")
+            .arg(d.join("qubesd.log"))
+            .arg("--check-bin")
+            .arg(BIN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("python3 runs the qubesd stand-in");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        assert!(line.contains("ready"), "the stand-in did not start: {line:?}");
+        self.standin = Some(child);
+    }
+
+    /// Stops the stand-in: qubesd is gone.
+    pub fn stop_standin(&mut self) {
+        if let Some(mut c) = self.standin.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn policy_dir(&self) -> PathBuf {
@@ -55,40 +121,88 @@ impl TestEnv {
         std::fs::write(p, text).unwrap();
     }
 
-    /// Changes a qube's power state in the system info.
+    pub fn qubes_xml_path(&self) -> PathBuf {
+        self.dir.path().join("qubes.xml")
+    }
+
+    /// One request to the stand-in as dom0 (what a dom0 tool sends to
+    /// qubesd): the raw reply.
+    pub fn qubesd(&self, method: &str, arg: &str, dest: &str, payload: &[u8]) -> Vec<u8> {
+        let sock = if method.starts_with("internal.") {
+            "qubesd.internal.sock"
+        } else {
+            "qubesd.sock"
+        };
+        let mut s = std::os::unix::net::UnixStream::connect(self.dir.path().join(sock)).unwrap();
+        s.write_all(format!("{method}+{arg} dom0 name {dest}\0").as_bytes())
+            .unwrap();
+        s.write_all(payload).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut out).unwrap();
+        out
+    }
+
+    /// Starts (admin.vm.Start, with the start check) or kills a qube.
     pub fn set_power(&self, qube: &str, state: &str) {
-        let p = self.dir.path().join("system-info.json");
-        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        v["domains"][qube]["power_state"] = serde_json::Value::String(state.to_owned());
-        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+        let method = if state == "Running" {
+            "admin.vm.Start"
+        } else {
+            "admin.vm.Kill"
+        };
+        let out = self.qubesd(method, "", qube, b"");
+        assert_eq!(out, b"0\0", "{method} {qube}: {:?}", String::from_utf8_lossy(&out));
     }
 
-    /// Changes one property of a qube in the system info.
-    pub fn set_prop(&self, qube: &str, key: &str, value: serde_json::Value) {
-        let p = self.dir.path().join("system-info.json");
-        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        v["domains"][qube][key] = value;
-        std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    /// Sets a qube property in qubesd (admin.vm.property.Set).
+    pub fn set_prop(&self, qube: &str, key: &str, value: &str) {
+        let out = self.qubesd("admin.vm.property.Set", key, qube, value.as_bytes());
+        assert_eq!(out, b"0\0", "{:?}", String::from_utf8_lossy(&out));
     }
 
-    pub fn store_path(&self) -> PathBuf {
-        self.dir.path().join("state/assignments.bin")
+    /// The PCI assignments in qubes.xml now.
+    pub fn recorded(&self) -> Vec<qubes_pci_admin::qubes_xml::Entry> {
+        qubes_pci_admin::qubes_xml::QubesXml::load(&self.qubes_xml_path())
+            .unwrap()
+            .entries
     }
 
-    /// `store dump` as JSON.
-    pub fn dump(&self) -> serde_json::Value {
-        let out = self.cli(&["store", "dump"], b"");
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+    /// The bytes of qubes.xml now.
+    pub fn qubes_xml_bytes(&self) -> Vec<u8> {
+        std::fs::read(self.qubes_xml_path()).unwrap()
+    }
+
+    /// Every request qubesd received, oldest first, as JSON objects.
+    pub fn qubesd_requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("qubesd.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The requests qubesd received that change something.
+    pub fn qubesd_writes(&self) -> Vec<serde_json::Value> {
+        self.qubesd_requests()
+            .into_iter()
+            .filter(|r| {
+                let m = r["method"].as_str().unwrap_or_default();
+                ["Assign", "Unassign", "Set.assignment", "Attach", "Detach"]
+                    .iter()
+                    .any(|w| m == format!("admin.vm.device.pci.{w}"))
+            })
+            .collect()
     }
 
     /// The settings as environment variables.
     pub fn envs(&self) -> Vec<(&'static str, PathBuf)> {
+        let d = self.dir.path();
         vec![
             ("QUBES_PCI_ADMIN_SYSFS", self.sysfs.root().to_owned()),
-            ("QUBES_PCI_ADMIN_STATE_DIR", self.dir.path().join("state")),
             ("QUBES_PCI_ADMIN_POLICY_DIR", self.policy_dir()),
-            ("QUBES_PCI_ADMIN_SYSTEM_INFO", self.dir.path().join("system-info.json")),
+            ("QUBES_PCI_ADMIN_QUBESD_SOCKET", d.join("qubesd.sock")),
+            ("QUBES_PCI_ADMIN_QUBESD_INTERNAL_SOCKET", d.join("qubesd.internal.sock")),
+            ("QUBES_PCI_ADMIN_QUBES_XML", d.join("qubes.xml")),
             (
                 "QUBES_PCI_ADMIN_PCI_IDS",
                 PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pci.ids")),

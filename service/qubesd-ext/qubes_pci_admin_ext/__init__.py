@@ -1,0 +1,241 @@
+# The qubesd extension of qubes-pci-admin.
+#
+# Copyright (C) 2026 qubes-pci-admin developers
+# SPDX-License-Identifier: GPL-2.0-or-later
+
+"""qubes-pci-admin's rules for calls that reach qubesd directly.
+
+qubes-pci-admin answers management qubes' ``admin.vm.device.pci.*`` calls
+and sends what passes its rules to qubesd. Calls that reach qubesd without
+passing it (``qvm-pci`` and Salt in dom0, ``qvm-clone``, a restore, a
+management qube where the methods were not switched over) meet the same
+rules here:
+
+* ``admin-permission:admin.vm.device.pci.{Assign,Set.assignment,Attach,Detach}``
+  refuses what the rules refuse, before qubesd changes anything;
+* ``domain-pre-start`` refuses a start when a required PCI device is in use
+  by another running qube, or another function of the same device runs
+  elsewhere without ``no-strict-reset`` on both, naming the other qube and
+  the fix.
+
+This module holds no rule of its own: it collects the facts qubesd has in
+memory and asks ``qubes-pci-admin check KIND`` (``QUBES_PCI_ADMIN_BIN``,
+default ``/usr/bin/qubes-pci-admin``), which answers with one JSON verdict.
+Nothing here calls back into qubesd. When the binary cannot answer, the
+call is refused (fail closed).
+"""
+
+import json
+import os
+import subprocess
+
+import qubes.exc
+import qubes.ext
+import qubes.vm.adminvm
+
+#: how long the rule check may take before the call is refused
+CHECK_TIMEOUT = 10
+
+PCI = "admin.vm.device.pci."
+
+
+def _binary():
+    return os.environ.get("QUBES_PCI_ADMIN_BIN", "/usr/bin/qubes-pci-admin")
+
+
+def _text(value):
+    """An enum (AssignmentMode) or a plain value, as text."""
+    return str(getattr(value, "value", value))
+
+
+def _device(device):
+    """The facts of a device named by an event."""
+    return {
+        "backend": str(getattr(device, "backend_name", None) or device.backend_domain),
+        "port": device.port_id,
+        "device_id": device.device_id or "*",
+    }
+
+
+def _assignment(qube, assignment):
+    return {
+        "qube": qube.name,
+        "backend": str(assignment.backend_name),
+        "port": assignment.port_id,
+        "device_id": assignment.device_id or "*",
+        "mode": _text(assignment.mode),
+        "options": {str(k): str(v) for k, v in assignment.options.items()},
+    }
+
+
+def _assignments(app, required_only=False):
+    """Every qube's PCI assignments, as qubesd holds them."""
+    out = []
+    for vm in app.domains:
+        devices = getattr(vm, "devices", None)
+        if devices is None or "pci" not in devices:
+            continue
+        for a in devices["pci"].get_assigned_devices(required_only):
+            out.append(_assignment(vm, a))
+    return out
+
+
+def _system(*vms):
+    """What the policy needs to know of the qubes involved."""
+    domains = {}
+    for vm in vms:
+        domains[vm.name] = {
+            "type": vm.__class__.__name__,
+            "tags": sorted(str(t) for t in vm.tags),
+            "power_state": vm.get_power_state(),
+            "uuid": str(getattr(vm, "uuid", "") or ""),
+        }
+    return {"domains": domains}
+
+
+def _refusal(vm, name, message):
+    """The exception qubesd sends for a refusal: always a QubesException,
+    so stock clients print ``Error: ...``."""
+    cls = getattr(qubes.exc, str(name), None)
+    if isinstance(cls, type) and issubclass(cls, qubes.exc.QubesVMError):
+        try:
+            return cls(vm, message)
+        except TypeError:
+            pass
+    elif isinstance(cls, type) and issubclass(cls, qubes.exc.QubesException):
+        try:
+            return cls(message)
+        except TypeError:
+            pass
+    return qubes.exc.QubesException(message)
+
+
+def check(kind, facts, vm):
+    """Asks the binary; raises the refusal it answers, or refuses when it
+    cannot answer."""
+    try:
+        proc = subprocess.run(
+            [_binary(), "check", kind],
+            input=json.dumps(facts).encode(),
+            capture_output=True,
+            timeout=CHECK_TIMEOUT,
+            check=False,
+        )
+        verdict = json.loads(proc.stdout.decode() or "{}")
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        vm.log.error("qubes-pci-admin check %s failed: %s", kind, e)
+        raise qubes.exc.QubesException(
+            "The PCI passthrough rules could not be checked, so this was "
+            "refused; a dom0 administrator can find the cause in the journal"
+        )
+    if verdict.get("ok") is True:
+        return
+    name = verdict.get("exception", "QubesException")
+    message = verdict.get("message") or "refused by the PCI passthrough rules"
+    vm.log.warning("qubes-pci-admin refused %s: %s", kind, message)
+    raise _refusal(vm, name, message)
+
+
+class PciAdminExtension(qubes.ext.Extension):
+    """The rules of qubes-pci-admin inside qubesd."""
+
+    # pylint: disable=unused-argument,too-many-positional-arguments
+
+    @qubes.ext.handler("admin-permission:" + PCI + "Assign")
+    def on_assign(self, vm, event, dest, arg, device, mode, options, **kwargs):
+        facts = {
+            "source": vm.name,
+            "dest": dest.name,
+            "dest_class": dest.__class__.__name__,
+            "dest_virt_mode": getattr(dest, "virt_mode", None),
+            "device": _device(device),
+            "mode": _text(mode),
+            "options": {str(k): str(v) for k, v in options.items()},
+            "assignments": _assignments(dest.app),
+            "system": _system(vm, dest),
+        }
+        check("assign", facts, dest)
+
+    @qubes.ext.handler("admin-permission:" + PCI + "Set.assignment")
+    def on_set_assignment(self, vm, event, dest, arg, device, mode, **kwargs):
+        facts = {
+            "source": vm.name,
+            "dest": dest.name,
+            "device": _device(device),
+            "mode": _text(mode),
+        }
+        check("set-mode", facts, dest)
+
+    @qubes.ext.handler("admin-permission:" + PCI + "Attach")
+    def on_attach(self, vm, event, dest, arg, device, **kwargs):
+        facts = {
+            "source": vm.name,
+            "dest": dest.name,
+            "dest_running": not dest.is_halted(),
+            "device": _device(device),
+        }
+        check("attach", facts, dest)
+
+    @qubes.ext.handler("admin-permission:" + PCI + "Detach")
+    def on_detach(self, vm, event, dest, arg, device, **kwargs):
+        facts = {
+            "source": vm.name,
+            "dest": dest.name,
+            "dest_running": not dest.is_halted(),
+            "device": _device(device),
+        }
+        check("detach", facts, dest)
+
+    @qubes.ext.handler("domain-pre-start")
+    def on_domain_pre_start(self, vm, event, **kwargs):
+        if isinstance(vm, qubes.vm.adminvm.AdminVM):
+            return
+        required = [
+            _assignment(vm, a)
+            for a in vm.devices["pci"].get_assigned_devices(True)
+        ]
+        if not required:
+            return
+        running = []
+        for other in vm.app.domains:
+            if other is vm or isinstance(other, qubes.vm.adminvm.AdminVM):
+                continue
+            if not other.is_running():
+                continue
+            running.extend(_held(other))
+        facts = {
+            "dest": vm.name,
+            "memory_balancing": bool(getattr(vm, "maxmem", 0)),
+            "assignments": required,
+            "running": running,
+        }
+        check("start", facts, vm)
+
+
+def _held(vm):
+    """The PCI devices a running qube holds, with the options of its
+    assignment of each (libvirt's live XML; its required assignments when
+    that cannot be read)."""
+    assigned = {a.port_id: a for a in vm.devices["pci"].get_assigned_devices()}
+    try:
+        ports = [a.port_id for a in vm.devices["pci"].get_attached_devices()]
+    except Exception:  # pylint: disable=broad-except
+        ports = [
+            a.port_id for a in vm.devices["pci"].get_assigned_devices(True)
+        ]
+    out = []
+    for port in ports:
+        held = assigned.get(port)
+        out.append(
+            {
+                "qube": vm.name,
+                "backend": "dom0",
+                "port": port,
+                "device_id": (held.device_id if held else None) or "*",
+                "mode": "required",
+                "options": {
+                    str(k): str(v) for k, v in (held.options if held else {}).items()
+                },
+            }
+        )
+    return out
