@@ -18,10 +18,10 @@ pub enum ApiError {
     Decode(#[from] DecodeError),
     #[error("{0}")]
     Protocol(String),
-    /// A qrexec policy refusal. `read_of_qube`: a read of one qube's
-    /// devices (`Assigned`, `Attached`).
+    /// A qrexec policy refusal. `read`: a read of one qube's devices
+    /// (`Available`, `Assigned`, `Attached`).
     #[error("{message}")]
-    PermissionDenied { message: String, read_of_qube: bool },
+    PermissionDenied { message: String, read: bool },
     #[error("No such domain: {0}")]
     NoSuchQube(String),
     #[error("{0}")]
@@ -101,9 +101,10 @@ impl ApiError {
     /// The text-protocol reply. A policy refusal is not sent as upstream's
     /// `PermissionDenied`, which `qubesadmin` maps to a class outside its
     /// `QubesException` (so `qvm-pci` would crash with a traceback):
-    /// * a refused read of one qube's devices is `QubesVMNotFoundError`:
-    ///   `qvm-pci list` then skips that qube, as it skips qubes the
-    ///   caller cannot see, instead of failing for every qube;
+    /// * a refused read of one qube's devices (`Available`, `Assigned`,
+    ///   `Attached`) is `QubesVMNotFoundError`: `qvm-pci list`, which
+    ///   reads every qube, then skips that qube as it skips qubes the
+    ///   caller cannot see, instead of failing for all of them;
     /// * any other refusal is `QubesDaemonAccessError`, the class
     ///   `qubesadmin` raises when qrexec itself refuses a call, so a script
     ///   handles both refusals the same way.
@@ -115,7 +116,7 @@ impl ApiError {
             message: self.to_string(),
         };
         match self {
-            ApiError::PermissionDenied { read_of_qube: true, .. } => named("QubesVMNotFoundError"),
+            ApiError::PermissionDenied { read: true, .. } => named("QubesVMNotFoundError"),
             ApiError::PermissionDenied { .. } => named("QubesDaemonAccessError"),
             ApiError::Relayed { name, .. } => named(name),
             _ => Reply::error(self.kind(), self.to_string()),

@@ -136,11 +136,11 @@ fn non_dom0_callers_are_denied_without_a_policy() {
     let out = env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"");
     assert_eq!(out.status.code(), Some(0));
     let (ty, msg) = error_of(&out);
-    assert_eq!(ty, "QubesDaemonAccessError");
+    assert_eq!(ty, "QubesVMNotFoundError");
     assert!(msg.contains(AVAILABLE), "{msg}");
     let call = env.call("work", "dom0", AVAILABLE, b"");
     assert_eq!(call.status.code(), Some(2));
-    assert_eq!(error_of(&call).0, "QubesDaemonAccessError");
+    assert_eq!(error_of(&call).0, "QubesVMNotFoundError");
 }
 
 #[test]

@@ -150,7 +150,7 @@ pub fn option_denied(source: &QubeName, target: &str, name: &str, why: &str) -> 
              {OPTION_SERVICE}+{name} from {source} to {target}; nothing was changed. A dom0 administrator can \
              allow it in the policy, or assign without the option"
         ),
-        read_of_qube: false,
+        read: false,
     }
 }
 

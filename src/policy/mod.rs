@@ -31,14 +31,14 @@ pub fn check(
     check_service(policy, system, &req.source, &req.target, &service, &req.untrusted_arg, true).map_err(
         |why| {
             tracing::warn!(method = %req.method, source = %req.source, target = %req.target, arg = req.untrusted_arg, "policy denied: {why}");
-            let read_of_qube = matches!(req.method, Method::Assigned | Method::Attached);
+            let read = matches!(req.method, Method::Available | Method::Assigned | Method::Attached);
             ApiError::PermissionDenied {
                 message: format!(
                     "{} from {} to {} is denied by dom0's qrexec policy; nothing was changed. A dom0 \
                      administrator can allow it in the policy",
                     req.method, req.source, req.target
                 ),
-                read_of_qube,
+                read,
             }
         },
     )
