@@ -377,3 +377,31 @@ fn without_a_socket_it_says_what_to_do() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--socket"));
 }
+
+#[test]
+fn the_daemon_answers_assigned_from_qubesd_record_after_every_change() {
+    let env = policy_env();
+    let d = Daemon::start(&env, &[], &[]);
+    let header = "admin.vm.device.pci.Assigned mgmt name work";
+    let usb = "dom0+00_14.0+0x8086+0x8cb1++p0c0330";
+    // Changes made straight to qubesd (dom0's qvm-pci), back to back and
+    // within one clock tick of the file: each read sees the record as it is.
+    for round in 0..20 {
+        let listed = sock_call(&d.socket, header, b"").unwrap();
+        assert_eq!(listed, b"0\0", "round {round}");
+        assert_eq!(
+            env.qubesd("admin.vm.device.pci.Assign", usb, "work", b"mode='required'"),
+            b"0\0"
+        );
+        let listed = sock_call(&d.socket, header, b"").unwrap();
+        assert!(
+            String::from_utf8_lossy(&listed).contains("port_id='00_14.0'"),
+            "round {round}: {}",
+            String::from_utf8_lossy(&listed)
+        );
+        assert_eq!(env.qubesd("admin.vm.device.pci.Unassign", usb, "work", b""), b"0\0");
+        if round % 5 == 4 {
+            std::thread::sleep(Duration::from_millis(250)); // let the cache settle and keep a value
+        }
+    }
+}

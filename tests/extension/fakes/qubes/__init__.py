@@ -1,0 +1,1 @@
+"""Test doubles of the few qubesd names the extension uses (not qubesd)."""

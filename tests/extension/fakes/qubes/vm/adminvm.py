@@ -1,0 +1,2 @@
+class AdminVM:
+    name = "dom0"

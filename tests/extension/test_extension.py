@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""The qubesd extension with test doubles of qubesd's objects and the real
+qubes-pci-admin binary (QUBES_PCI_ADMIN_BIN, with a fake sysfs): the facts
+it collects, the refusals it raises, and that it fails closed."""
+import json
+import os
+import sys
+import unittest
+
+import qubes.exc
+import qubes_pci_admin_ext as ext
+
+
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def error(self, *a):
+        self.lines.append(("error",) + a)
+
+    def warning(self, *a):
+        self.lines.append(("warning",) + a)
+
+
+class Mode:
+    def __init__(self, value):
+        self.value = value
+
+
+class Assignment:
+    def __init__(self, port, device_id="*", mode="required", options=None):
+        self.backend_name = "dom0"
+        self.port_id = port
+        self.device_id = device_id
+        self.mode = Mode(mode)
+        self.options = options or {}
+
+
+class Collection:
+    def __init__(self, assigned, attached=None):
+        self.assigned = assigned
+        self.attached = attached
+
+    def get_assigned_devices(self, required_only=False):
+        return [a for a in self.assigned if not required_only or a.mode.value == "required"]
+
+    def get_attached_devices(self):
+        if self.attached is None:
+            raise RuntimeError("no libvirt here")
+        return self.attached
+
+
+class App:
+    def __init__(self):
+        self.domains = []
+
+
+class VM:
+    def __init__(self, app, name, assigned=(), running=False, virt_mode="hvm", maxmem=0):
+        self.app = app
+        self.name = name
+        self.tags = set()
+        self.virt_mode = virt_mode
+        self.maxmem = maxmem
+        self.devices = {"pci": Collection(list(assigned))}
+        self.running = running
+        self.log = Log()
+        self.uuid = ""
+        app.domains.append(self)
+
+    def is_running(self):
+        return self.running
+
+    def is_halted(self):
+        return not self.running
+
+    def get_power_state(self):
+        return "Running" if self.running else "Halted"
+
+
+class Device:
+    def __init__(self, port, device_id="*"):
+        self.backend_domain = "dom0"
+        self.backend_name = "dom0"
+        self.port_id = port
+        self.device_id = device_id
+
+
+class AppVM(VM):
+    pass
+
+
+class ExtensionTest(unittest.TestCase):
+    def setUp(self):
+        self.app = App()
+        self.dom0 = AppVM(self.app, "dom0", running=True)
+        self.work = AppVM(self.app, "work")
+        self.usb = AppVM(self.app, "sys-usb")
+        self.e = ext.PciAdminExtension()
+
+    def assign(self, dest, port, mode="required", options=None, source=None):
+        self.e.on_assign(source or self.dom0, "admin-permission:admin.vm.device.pci.Assign",
+                         dest=dest, arg="", device=Device(port), mode=Mode(mode), options=options or {})
+
+    def test_hooks_the_events_it_names(self):
+        self.assertEqual(ext.PciAdminExtension.on_assign.ha_events,
+                         ("admin-permission:admin.vm.device.pci.Assign",))
+        self.assertEqual(ext.PciAdminExtension.on_domain_pre_start.ha_events, ("domain-pre-start",))
+
+    def test_assign_allowed_and_refused_with_qubes_exceptions(self):
+        self.assign(self.work, "00_14.0")
+        self.work.devices["pci"].assigned.append(Assignment("00_14.0"))
+        with self.assertRaises(qubes.exc.QubesValueError) as cm:
+            self.assign(self.usb, "00_14.2")
+        self.assertIn("no-strict-reset", str(cm.exception))
+        with self.assertRaises(qubes.exc.QubesValueError):
+            self.assign(self.usb, "00_1c.0")  # a bridge
+        with self.assertRaises(qubes.exc.DeviceNotFound):
+            self.assign(self.usb, "00_15.0")
+        with self.assertRaises(qubes.exc.QubesValueError):
+            self.assign(self.usb, "00_1f.6", mode="auto-attach")
+        self.usb.virt_mode = "pvh"
+        with self.assertRaises(qubes.exc.QubesException):
+            self.assign(self.usb, "00_1f.6")
+
+    def test_options_from_a_qube_need_a_grant_dom0_needs_none(self):
+        self.assign(self.work, "00_14.0", options={"permissive": "True"})
+        mgmt = AppVM(self.app, "mgmt", running=True)
+        with self.assertRaises(qubes.exc.QubesException) as cm:
+            self.assign(self.work, "00_14.0", options={"permissive": "True"}, source=mgmt)
+        self.assertIn("admin.vm.device.pci.Option+permissive", str(cm.exception))
+
+    def test_start_refused_while_another_running_qube_holds_the_device(self):
+        self.work.devices["pci"].assigned.append(Assignment("00_14.0"))
+        self.usb.devices["pci"].assigned.append(Assignment("00_14.0"))
+        self.e.on_domain_pre_start(self.work, "domain-pre-start")  # nobody holds it
+        self.usb.running = True  # libvirt unreadable: its required assignments count
+        with self.assertRaises(qubes.exc.QubesException) as cm:
+            self.e.on_domain_pre_start(self.work, "domain-pre-start")
+        self.assertIn("in use by sys-usb", str(cm.exception))
+        self.usb.devices["pci"].attached = []  # libvirt says it holds nothing
+        self.e.on_domain_pre_start(self.work, "domain-pre-start")
+
+    def test_running_qube_no_hotplug_no_detach(self):
+        self.work.running = True
+        for handler in (self.e.on_attach, self.e.on_detach):
+            with self.assertRaises(qubes.exc.QubesVMNotHaltedError):
+                handler(self.dom0, "ev", dest=self.work, arg="", device=Device("00_14.0"))
+        self.work.running = False
+        self.e.on_attach(self.dom0, "ev", dest=self.work, arg="", device=Device("00_14.0"))
+
+    def test_fails_closed_when_the_binary_cannot_answer(self):
+        saved = os.environ["QUBES_PCI_ADMIN_BIN"]
+        os.environ["QUBES_PCI_ADMIN_BIN"] = "/nonexistent/qubes-pci-admin"
+        try:
+            with self.assertRaises(qubes.exc.QubesException) as cm:
+                self.assign(self.work, "00_14.0")
+            self.assertIn("refused", str(cm.exception))
+            self.assertNotIn("/nonexistent", str(cm.exception), "no dom0 path in the refusal")
+            self.assertEqual(self.work.log.lines[0][0], "error")
+        finally:
+            os.environ["QUBES_PCI_ADMIN_BIN"] = saved
+
+
+if __name__ == "__main__":
+    result = unittest.main(exit=False, verbosity=2).result
+    print(f"{result.testsRun - len(result.failures) - len(result.errors)} passed, "
+          f"{len(result.failures) + len(result.errors)} failed")
+    sys.exit(0 if result.wasSuccessful() else 1)
