@@ -128,26 +128,27 @@ fn main() {
             "work": {"type": "AppVM", "power_state": "Halted", "virt_mode": "hvm"}}}"#,
     )
     .unwrap();
+    let xml = dir.path().join("qubes.xml");
     let envs = vec![
         ("QUBES_PCI_ADMIN_SYSFS", sys.root().to_owned()),
-        ("QUBES_PCI_ADMIN_STATE_DIR", dir.path().join("state")),
+        ("QUBES_PCI_ADMIN_QUBES_XML", xml.clone()),
         ("QUBES_PCI_ADMIN_POLICY_DIR", policy.clone()),
         ("QUBES_PCI_ADMIN_SYSTEM_INFO", si.clone()),
     ];
-    // A few assignments for Assigned to list.
-    for i in 0..4 {
-        let mut child = Command::new(BIN)
-            .envs(envs.iter().map(|(k, v)| (*k, v)))
-            .env("QUBES_PCI_ADMIN_LOG", "off")
-            .args(["call", "--source", "dom0", "--target", "work"])
-            .arg(format!("admin.vm.device.pci.Assign+dom0+00_00.0-00_{i:02x}.0"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(b"mode='required'").unwrap();
-        assert!(child.wait_with_output().unwrap().stdout.starts_with(b"0\0"));
-    }
+    // A few assignments for Assigned to list, in qubesd's qubes.xml.
+    let devices: String = (0..4)
+        .map(|i| {
+            format!("<device backend-domain=\"dom0\" id=\"00_00.0-00_{i:02x}.0\" mode=\"required\" identity=\"*\"/>")
+        })
+        .collect();
+    std::fs::write(
+        &xml,
+        format!(
+            "<qubes><domains><domain class=\"AppVM\"><properties><property name=\"name\">work</property>\
+             </properties><devices class=\"pci\">{devices}</devices></domain></domains></qubes>"
+        ),
+    )
+    .unwrap();
 
     let real_sock = dir.path().join("real.sock");
     let echo_sock = dir.path().join("echo.sock");

@@ -152,3 +152,71 @@ fn qubesd_not_answering_is_explained_without_dom0_internals() {
     assert!(msg.contains("qubesd") && msg.contains("Try again"), "{msg}");
     assert!(!msg.contains('/') && !msg.contains("QUBES_PCI_ADMIN"), "{msg}");
 }
+
+#[test]
+fn hostile_writes_get_typed_replies_and_leave_qubesd_record_alone() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    env.write_policy(
+        "30-test.policy",
+        "admin.vm.device.pci.Assign * mgmt @anyvm allow target=dom0\n\
+         admin.vm.device.pci.Unassign * mgmt @anyvm allow target=dom0\n\
+         admin.vm.device.pci.Set.assignment * mgmt @anyvm allow target=dom0\n\
+         admin.vm.device.pci.Attach * mgmt @anyvm allow target=dom0\n\
+         admin.vm.device.pci.Detach * mgmt @anyvm allow target=dom0\n",
+    );
+    let before = env.qubes_xml_bytes();
+    let usb = "dom0+00_14.0+0x8086+0x8cb1++p0c0330";
+    let cases: Vec<(String, Vec<u8>)> = vec![
+        (format!("Assign+{usb}"), b"mode='required' devclass='usb'".to_vec()),
+        (
+            format!("Assign+{usb}"),
+            b"mode='required' _no-strict-reset='False' _x='1'".to_vec(),
+        ),
+        (
+            format!("Assign+{usb}"),
+            b"mode='required' frontend_domain='dom0'".to_vec(),
+        ),
+        (format!("Assign+{usb}"), b"mode='required\xff'".to_vec()),
+        (
+            format!("Assign+{usb}"),
+            b"mode='required' port_id='00_14.0-00_00.0'".to_vec(),
+        ),
+        (format!("Assign+{usb}"), b"mode=required".to_vec()),
+        (format!("Assign+{usb}"), b"mode='manual'".to_vec()),
+        (
+            format!("Assign+{usb}"),
+            b"mode='required' backend_domain='sys-usb'".to_vec(),
+        ),
+        ("Assign+dom0+_".to_owned(), b"mode='required'".to_vec()),
+        ("Assign+dom0+00_14.0+x".to_owned(), b"mode='required'".to_vec()),
+        ("Assign+sys-net+00_14.0".to_owned(), b"mode='required'".to_vec()),
+        ("Assign+dom0+00_1c.0".to_owned(), b"mode='required'".to_vec()),
+        (
+            "Assign+dom0+00_00.0-00_00.0-00_00.0-00_00.0".to_owned(),
+            b"mode='required'".to_vec(),
+        ),
+        (format!("Set.assignment+{usb}"), b"required\0".to_vec()),
+        (format!("Set.assignment+{usb}"), b"manual".to_vec()),
+        (format!("Unassign+{usb}"), b"x".to_vec()),
+        (format!("Attach+{usb}"), b"mode='required'".to_vec()),
+        (format!("Detach+{usb}"), b"".to_vec()),
+    ];
+    for (method, payload) in &cases {
+        for target in ["work", "sys-net", "dom0"] {
+            let out = env.call("mgmt", target, &format!("admin.vm.device.pci.{method}"), payload);
+            let (ty, msg) = error_of(&out);
+            assert!(!ty.is_empty() && !msg.is_empty(), "{method} → {target}");
+            assert_ne!(ty, "PermissionDenied", "stock clients would print a traceback");
+        }
+    }
+    assert_eq!(env.qubes_xml_bytes(), before, "qubes.xml unchanged");
+    // Refused calls never reach qubesd: only Unassign and Set.assignment of an
+    // assignment that does not exist are left for qubesd to answer.
+    let writes = env.qubesd_writes();
+    assert!(
+        writes.iter().all(|w| w["method"] != "admin.vm.device.pci.Assign"
+            && w["method"] != "admin.vm.device.pci.Attach"
+            && w["method"] != "admin.vm.device.pci.Detach"),
+        "{writes:?}"
+    );
+}

@@ -2,6 +2,10 @@
 """End to end against upstream qubesd's own code (run offline by server.py).
 
     check.py RUNDIR BIN SERVER_PY [CLIENT_TREE]
+    check.py --serve RUNDIR BIN SERVER_PY
+
+With --serve it only sets RUNDIR up, starts qubesd, prints `serving` and
+keeps it running until its standard input closes (for the benchmark).
 
 Environment: UPSTREAM_ADMIN_TREE, REAL_QUBESD_PYTHON, REAL_QUBESD_PYTHONPATH
 (from setup.sh, with this project's service/qubesd-ext installed), and
@@ -30,8 +34,10 @@ import subprocess
 import sys
 import time
 
-RUN, BIN, SERVER = (os.path.abspath(a) for a in sys.argv[1:4])
-CLIENT = os.path.abspath(sys.argv[4]) if len(sys.argv) > 4 else None
+SERVE = sys.argv[1:2] == ["--serve"]
+ARGS = sys.argv[2:] if SERVE else sys.argv[1:]
+RUN, BIN, SERVER = (os.path.abspath(a) for a in ARGS[0:3])
+CLIENT = os.path.abspath(ARGS[3]) if len(ARGS) > 3 else None
 
 QUBES_XML = """<?xml version='1.0' encoding='utf-8'?>
 <qubes version="3.0">
@@ -260,7 +266,11 @@ def main():
                 fail("qubesd starts", open(os.path.join(RUN, "server.log")).read()[-3000:])
             time.sleep(0.2)
         ready = json.load(open(os.path.join(RUN, "ready.json")))
-        run_checks(ready)
+        if SERVE:
+            print("serving", flush=True)
+            sys.stdin.read()
+        else:
+            run_checks(ready)
     finally:
         server.terminate()
         try:
