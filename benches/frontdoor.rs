@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{FakeSysfs, TestEnv, BIN};
+use common::{FakeSysfs, RealQubesd, TestEnv, BIN};
 
 const ROUNDS: usize = 150;
 const USB: &str = "dom0+00_14.0+0x8086+0x8cb1++p0c0330";
@@ -149,44 +149,17 @@ fn measure(t: &Target, dir: &Path) {
 
 /// Upstream qubesd run offline (tests/real-qubesd), when its trees are given.
 fn real_qubesd(dir: &Path, sysfs: &FakeSysfs) -> Option<(Killed, Target)> {
-    let admin = std::env::var_os("QUBES_CORE_ADMIN_SRC")?;
-    let qrexec = std::env::var_os("QUBES_CORE_QREXEC_SRC")?;
+    let real = RealQubesd::setup(&dir.join("site"))?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tools = root.join("tests/real-qubesd");
-    let cache = std::env::var_os("REAL_QUBESD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/real-qubesd"));
-    let setup = Command::new("bash")
-        .arg(tools.join("setup.sh"))
-        .arg(&cache)
-        .arg(dir.join("site"))
-        .arg(root)
-        .env("UPSTREAM_ADMIN_TREE", &admin)
-        .env("UPSTREAM_QREXEC_TREE", &qrexec)
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&setup.stdout).into_owned();
-    let var = |k: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_owned()
-    };
     let run = dir.join("real");
     std::fs::create_dir_all(&run).unwrap();
     std::os::unix::fs::symlink(sysfs.root(), run.join("sys")).unwrap();
-    let mut child = Command::new(var("REAL_QUBESD_PYTHON"))
-        .arg(tools.join("check.py"))
+    let mut child = real
+        .check_py()
         .arg("--serve")
         .arg(&run)
         .arg(BIN)
-        .arg(tools.join("server.py"))
-        .env("UPSTREAM_ADMIN_TREE", &admin)
-        .env("REAL_QUBESD_PYTHON", var("REAL_QUBESD_PYTHON"))
-        .env("REAL_QUBESD_PYTHONPATH", var("REAL_QUBESD_PYTHONPATH"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("QUBES_PCI_ADMIN_PCI_IDS", root.join("tests/data/pci.ids"))
+        .arg(root.join("tests/real-qubesd/server.py"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use qubes_pci_rpc::{Assignment, QubeName, UntrustedRequest, UntrustedTarget};
+use qubes_pci_rpc::{Assignment, QubeName, Reply, UntrustedRequest, UntrustedTarget};
 
 use crate::sysinfo::SystemInfo;
 
@@ -51,26 +51,17 @@ pub enum Answer {
 }
 
 impl Answer {
-    /// Parses `0\0body` or `2\0Name\0traceback\0message\0`.
+    /// Parses `0\0body` or `2\0Name\0traceback\0message\0`, as a client
+    /// does ([`Reply::decode`]): the traceback is dropped, the name must be
+    /// an identifier.
     pub fn parse(untrusted: &[u8]) -> Option<Answer> {
-        if let Some(body) = untrusted.strip_prefix(b"0\0") {
-            return Some(Answer::Ok(body.to_vec()));
-        }
-        let rest = untrusted.strip_prefix(b"2\0")?;
-        let mut parts = rest.splitn(4, |&b| b == 0);
-        let name = std::str::from_utf8(parts.next()?).ok()?;
-        let ok_name = qubes_pci_rpc::reply::is_exception_name(name);
-        let _traceback = parts.next()?;
-        let message = parts.next()?;
-        if !ok_name || parts.next()? != b"" {
-            return None;
-        }
-        // qubesd's message is shown by the client after `%` formatting with
-        // no arguments, so `%%` stands for `%`.
-        let message = String::from_utf8_lossy(message).replace("%%", "%");
-        Some(Answer::Refused {
-            name: name.to_owned(),
-            message,
+        Some(match Reply::decode(untrusted)? {
+            Reply::Ok(body) => Answer::Ok(body),
+            Reply::Err { kind, message } => Answer::Refused {
+                name: kind.name().to_owned(),
+                message,
+            },
+            Reply::Named { name, message } => Answer::Refused { name, message },
         })
     }
 }

@@ -303,3 +303,66 @@ pub fn body_of(out: &Output) -> String {
     );
     String::from_utf8(out.stdout[2..].to_vec()).unwrap()
 }
+
+/// Upstream qubesd's Python side, prepared by tests/real-qubesd/setup.sh
+/// with this checkout's extension installed: `None` unless
+/// `QUBES_CORE_ADMIN_SRC` and `QUBES_CORE_QREXEC_SRC` name extracted trees.
+pub struct RealQubesd {
+    pub admin_tree: PathBuf,
+    pub python: String,
+    pub pythonpath: String,
+    pub ext: String,
+    pub ext_detail: String,
+}
+
+impl RealQubesd {
+    pub fn setup(site: &Path) -> Option<RealQubesd> {
+        let tree = |var: &str| std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_dir());
+        let (admin, qrexec) = (tree("QUBES_CORE_ADMIN_SRC")?, tree("QUBES_CORE_QREXEC_SRC")?);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cache = std::env::var_os("REAL_QUBESD_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target/real-qubesd"));
+        let setup = Command::new("bash")
+            .arg(root.join("tests/real-qubesd/setup.sh"))
+            .arg(&cache)
+            .arg(site)
+            .arg(root)
+            .env("UPSTREAM_ADMIN_TREE", &admin)
+            .env("UPSTREAM_QREXEC_TREE", &qrexec)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&setup.stdout).into_owned();
+        assert!(
+            setup.status.success(),
+            "setup.sh: {out}{}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
+        let var = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Some(RealQubesd {
+            admin_tree: admin,
+            python: var("REAL_QUBESD_PYTHON"),
+            pythonpath: var("REAL_QUBESD_PYTHONPATH"),
+            ext: var("REAL_QUBESD_EXT"),
+            ext_detail: var("REAL_QUBESD_EXT_DETAIL"),
+        })
+    }
+
+    /// `tests/real-qubesd/check.py ARGS…` with this setup's environment.
+    pub fn check_py(&self) -> Command {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut c = Command::new(&self.python);
+        c.arg(root.join("tests/real-qubesd/check.py"))
+            .env("UPSTREAM_ADMIN_TREE", &self.admin_tree)
+            .env("REAL_QUBESD_PYTHON", &self.python)
+            .env("REAL_QUBESD_PYTHONPATH", &self.pythonpath)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("QUBES_PCI_ADMIN_PCI_IDS", root.join("tests/data/pci.ids"));
+        c
+    }
+}

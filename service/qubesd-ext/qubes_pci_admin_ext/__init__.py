@@ -168,23 +168,11 @@ class PciAdminExtension(qubes.ext.Extension):
 
     @qubes.ext.handler("admin-permission:" + PCI + "Attach")
     def on_attach(self, vm, event, dest, arg, device, **kwargs):
-        facts = {
-            "source": vm.name,
-            "dest": dest.name,
-            "dest_running": not dest.is_halted(),
-            "device": _device(device),
-        }
-        check("attach", facts, dest)
+        check("attach", _running_facts(vm, dest, device), dest)
 
     @qubes.ext.handler("admin-permission:" + PCI + "Detach")
     def on_detach(self, vm, event, dest, arg, device, **kwargs):
-        facts = {
-            "source": vm.name,
-            "dest": dest.name,
-            "dest_running": not dest.is_halted(),
-            "device": _device(device),
-        }
-        check("detach", facts, dest)
+        check("detach", _running_facts(vm, dest, device), dest)
 
     @qubes.ext.handler("domain-pre-start")
     def on_domain_pre_start(self, vm, event, **kwargs):
@@ -210,6 +198,16 @@ class PciAdminExtension(qubes.ext.Extension):
             "running": running,
         }
         check("start", facts, vm)
+
+
+def _running_facts(source, dest, device):
+    """Attach and Detach: whether the qube runs decides."""
+    return {
+        "source": source.name,
+        "dest": dest.name,
+        "dest_running": not dest.is_halted(),
+        "device": _device(device),
+    }
 
 
 def _held(vm):
