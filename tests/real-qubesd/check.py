@@ -301,16 +301,23 @@ def run_checks(ready):
         expect(code == 0, "3. stock qvm-pci assign through the front door", (code, out, err))
         expect([e.get("id") for e in pci_entries("media")] == ["00_1f.6"], "3. ... lands in qubes.xml",
                pci_entries("media"))
+        xml = harness(cmd="render", vm="media")["xml"].replace("'", '"')
+        expect("<hostdev" in xml and 'slot="0x1f"' in xml and 'function="0x6"' in xml,
+               "3. ... and in media's rendered <hostdev>", xml)
         code, out, err = qvm_pci(shim, "assign", "--required", "-o", "permissive=True", "work", "dom0:00_1f.6")
         expect(code == 1 and "Error:" in err + out and "Traceback" not in err, "3. option refusal is Error:",
                (code, out, err))
+        print(f"     qvm-pci assign -o permissive=True: exit {code}: {err.strip()}")
         code, out, err = qvm_pci(shim, "assign", "--required", "sys-usb", "dom0:00_1f.6")
         expect(code == 1 and "Error:" in err + out and "Traceback" not in err, "3. policy refusal is Error:",
                (code, out, err))
+        print(f"     qvm-pci assign to sys-usb (no grant): exit {code}: {err.strip()}")
         code, out, err = qvm_pci(shim, "list")
         expect(code == 0 and "dom0:00_14.0" in out and "Traceback" not in err, "3. stock qvm-pci list",
                (code, out, err))
-        ok("3. stock qvm-pci assigns through the front door; refusals print Error: and exit 1")
+        print("     qvm-pci list:\n" + "\n".join("       " + line for line in out.splitlines()))
+        ok("3. stock qvm-pci assign goes through the front door to qubes.xml and the <hostdev>; "
+           "refusals print Error: and exit 1; qvm-pci list works")
     else:
         print("skip 3. stock client (no QubesOS/qubes-core-admin-client tree given)")
 
