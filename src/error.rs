@@ -42,8 +42,6 @@ pub enum ApiError {
     InvalidMode,
     #[error("{0}")]
     Qubes(String),
-    #[error("cannot read dom0's PCI devices: {0}")]
-    Sysfs(#[from] SysfsError),
     /// qubesd refused a request of ours: its exception, relayed.
     #[error("{message}")]
     Relayed { name: String, message: String },
@@ -52,6 +50,16 @@ pub enum ApiError {
     /// and goes to the journal only.
     #[error("{public}")]
     Dom0 { public: &'static str, detail: String },
+}
+
+impl From<SysfsError> for ApiError {
+    fn from(e: SysfsError) -> ApiError {
+        ApiError::dom0(
+            "dom0's PCI devices cannot be read; nothing was changed by this call. A dom0 administrator can find \
+             the cause in the journal",
+            e.to_string(),
+        )
+    }
 }
 
 impl From<QubesdError> for ApiError {
@@ -94,7 +102,7 @@ impl ApiError {
             ApiError::Value(_) => ExceptionKind::QubesValueError,
             ApiError::InvalidMode => ExceptionKind::QubesUnrecognizedDeviceAssignmentMode,
             ApiError::Relayed { name, .. } => ExceptionKind::from_name(name).unwrap_or(ExceptionKind::QubesException),
-            ApiError::Qubes(_) | ApiError::Sysfs(_) | ApiError::Dom0 { .. } => ExceptionKind::QubesException,
+            ApiError::Qubes(_) | ApiError::Dom0 { .. } => ExceptionKind::QubesException,
         }
     }
 

@@ -34,12 +34,13 @@ enum Command {
     /// reply on stdout, exit status = the reply's type digit).
     Call {
         /// The calling qube.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         source: String,
         /// The requested target: a qube name, or @adminvm.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         target: String,
         /// METHOD[+ARG], e.g. admin.vm.device.pci.Available
+        #[arg(allow_hyphen_values = true)]
         method: String,
     },
     /// Answer one qrexec socket-service connection on stdin/stdout (the
@@ -168,11 +169,17 @@ fn read_capped(r: impl Read) -> std::io::Result<Result<Vec<u8>, DecodeError>> {
 fn exec_service(argv0: &str) -> ExitCode {
     logging::init("info");
     let reply = match Config::from_env() {
-        Err(e) => Reply::error(
-            ExceptionKind::QubesException,
-            format!("bad qubes-pci-admin settings: {e}"),
-        )
-        .encode(),
+        Err(e) => {
+            // The variable names and values are dom0's business: the
+            // journal gets them, the caller only what happened.
+            tracing::error!(error = %e, "bad qubes-pci-admin settings in the environment");
+            Reply::error(
+                ExceptionKind::QubesException,
+                "qubes-pci-admin is misconfigured in dom0; nothing was changed by this call. A dom0 \
+                 administrator can find the cause in the journal",
+            )
+            .encode()
+        }
         Ok(config) => {
             let svc = Service::new(config);
             let argv1 = std::env::args().nth(1);

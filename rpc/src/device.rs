@@ -59,8 +59,18 @@ impl DeviceRef {
     /// Parses the qrexec-argument form: `dom0+00_14.0+0x8086+0x8cb1++p0c0330`,
     /// `dom0+00_14.0+_` or `dom0+00_14.0`. A wildcard backend is refused:
     /// every PCI device belongs to dom0's inventory.
+    ///
+    /// Only qrexec's argument characters are taken (`*`, `?` and `:` never
+    /// appear in the encoded form), so [`DeviceRef::to_qarg`] of the result
+    /// decodes to the same value.
     pub fn from_qarg(untrusted: &str) -> Result<DeviceRef, DecodeError> {
         let bad = || DecodeError::InvalidDeviceArg(untrusted.to_owned());
+        if !untrusted
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'))
+        {
+            return Err(bad());
+        }
         let (backend, ident) = untrusted.split_once('+').ok_or_else(bad)?;
         let backend = QubeName::parse(backend)?;
         let ident = ident.replace('+', ":");
@@ -83,7 +93,8 @@ impl DeviceRef {
         })
     }
 
-    /// The qrexec-argument form (`:` → `+`, `*` → `_`).
+    /// The qrexec-argument form (`:` → `+`, `*` and `?` → `_`): the one
+    /// canonical spelling of the value.
     pub fn to_qarg(&self) -> String {
         format!("{}+{}:{}", self.backend, self.port, self.device_id)
             .replace(':', "+")
@@ -276,6 +287,37 @@ mod tests {
             .prop_map(|(v, d, c)| DeviceId::pci(v, d, c))
     }
 
+    /// Review finding: `a+15_14.0+:::p0_0` + 41 `*` + `c__6` decoded to
+    /// interfaces starting `?******`, whose encoding decoded to `*******`.
+    #[test]
+    fn the_reported_spelling_is_refused_and_wildcards_round_trip() {
+        let reported = format!("a+15_14.0+:::p0_0{}c__6", "*".repeat(41));
+        assert!(
+            DeviceRef::from_qarg(&reported).is_err(),
+            "`:` and `*` are not qrexec argument characters"
+        );
+        assert!(Interface::parse("*******").is_err(), "`*` never stands first");
+        for q in [
+            "dom0+00_14.0+0x8086+0x8cb1++_______",
+            "dom0+00_14.0+0x8086+0x8cb1++p______",
+            "dom0+00_14.0+_",
+        ] {
+            let v = DeviceRef::from_qarg(q).unwrap();
+            assert_eq!(v.to_qarg(), q);
+        }
+        assert_eq!(
+            DeviceRef::from_qarg("dom0+00_14.0+0x8086+0x8cb1++_______")
+                .unwrap()
+                .device_id
+                .to_string(),
+            "0x8086:0x8cb1::?******"
+        );
+        // Other spellings of one value have one canonical form.
+        for q in ["dom0+00_14.0", "dom0+0000_00_14.0", "dom0+0000_00_14.0+_"] {
+            assert_eq!(DeviceRef::from_qarg(q).unwrap().to_qarg(), "dom0+00_14.0+_");
+        }
+    }
+
     proptest! {
         #[test]
         fn qarg_roundtrip(p in proptest::option::of(path()), d in proptest::option::of(devid())) {
@@ -307,6 +349,19 @@ mod tests {
         #[test]
         fn qarg_never_panics(s in "[A-Za-z0-9_.+-]{0,60}") {
             let _ = DeviceRef::from_qarg(&s);
+        }
+
+        /// One value, one encoding: whatever a spelling decodes to, its
+        /// canonical encoding decodes to the same value (and is a fixed point).
+        #[test]
+        fn any_accepted_spelling_reencodes_to_the_same_value(
+            s in "dom0\\+(_|(0000_)?[0-9a-f]{2}_[01][0-9a-f]\\.[0-7])(\\+[0-9a-fx_.-]{0,8}\\+[0-9a-fx_.-]{0,8}\\+[a-z0-9_]{0,4}\\+[pub?m_*0-9a-f]{0,21})?(\\+_)?"
+        ) {
+            if let Ok(v) = DeviceRef::from_qarg(&s) {
+                let c = v.to_qarg();
+                prop_assert_eq!(DeviceRef::from_qarg(&c).unwrap(), v.clone(), "{} -> {}", s, c);
+                prop_assert_eq!(DeviceRef::from_qarg(&c).unwrap().to_qarg(), c);
+            }
         }
     }
 }

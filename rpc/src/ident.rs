@@ -173,8 +173,8 @@ impl fmt::Display for PciPath {
     }
 }
 
-/// A device interface code: 7 characters, devclass letter then class,
-/// subclass and programming interface in hex, `*` as wildcard
+/// A device interface code: 7 characters, devclass letter (or `?`) then
+/// class, subclass and programming interface in hex, `*` as wildcard
 /// (`p0c0330`, `p******`, `?******`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Interface(String);
@@ -184,8 +184,11 @@ impl Interface {
         let bad = || DecodeError::InvalidInterface(untrusted.to_owned());
         let mut bytes = untrusted.bytes();
         let first = bytes.next().ok_or_else(bad)?;
+        // The first character is a class letter or `?` (unknown), never
+        // `*`: in the qrexec-argument form both `?` and `*` become `_`, and
+        // only `?` may stand first, so each value has one encoding.
         if untrusted.len() != 7
-            || !matches!(first, b'p' | b'u' | b'b' | b'm' | b'?' | b'*')
+            || !matches!(first, b'p' | b'u' | b'b' | b'm' | b'?')
             || !bytes.all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'*')
         {
             return Err(bad());

@@ -81,6 +81,20 @@ impl Method {
         }
     }
 
+    /// The canonical spelling of an argument of this method (`Available`: a
+    /// port id; the others: `backend+port+device_id` in qrexec form), or
+    /// `None` when it names nothing. Two spellings of one device have the
+    /// same canonical form, so the policy is checked on it too.
+    pub fn canonical_arg(self, untrusted: &str) -> Option<String> {
+        if untrusted.is_empty() {
+            return Some(String::new());
+        }
+        match self {
+            Method::Available => crate::PciPath::parse(untrusted).ok().map(|p| p.to_string()),
+            _ => crate::DeviceRef::from_qarg(untrusted).ok().map(|d| d.to_qarg()),
+        }
+    }
+
     /// Read-only methods go to `include/admin-local-ro` in the policy,
     /// the others (write or execute) to `include/admin-local-rwx`.
     pub fn is_read_only(self) -> bool {

@@ -15,6 +15,9 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Lint => match loaded {
             Ok(p) => {
+                for w in qubes_pci_admin::policy::argument_warnings(&p) {
+                    eprintln!("{w}");
+                }
                 println!("policy loads: {} rules", p.rules.len());
                 Ok(ExitCode::SUCCESS)
             }

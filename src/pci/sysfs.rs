@@ -66,17 +66,32 @@ impl PciDevice {
     }
 
     /// What kind of bridge this is, for messages; `None` for an endpoint.
+    /// Every bridge class (0x06xx) counts: host, ISA, EISA, PCI, CardBus
+    /// and other bridges all carry or decode what dom0 needs, so they stay
+    /// in dom0.
     pub fn bridge_kind(&self) -> Option<&'static str> {
-        match self.class.map(|c| c >> 8) {
-            Some(0x0600) => Some("host bridge"),
-            Some(0x0604) => Some("PCI bridge"),
-            _ => None,
+        let class = self.class? >> 8;
+        if class >> 8 != 0x06 {
+            return None;
         }
+        Some(match class {
+            0x0600 => "host bridge",
+            0x0601 => "ISA bridge",
+            0x0602 => "EISA bridge",
+            0x0603 => "MicroChannel bridge",
+            0x0604 | 0x0609 => "PCI bridge",
+            0x0605 => "PCMCIA bridge",
+            0x0606 => "NuBus bridge",
+            0x0607 => "CardBus bridge",
+            0x0608 => "RACEway bridge",
+            0x060a => "InfiniBand-to-PCI host bridge",
+            _ => "bridge",
+        })
     }
 
-    /// Host bridges (0x0600) and PCI-to-PCI bridges (0x0604).
+    /// Any bridge (class 0x06xx), as `Available` marks it with `_bridge`.
     pub fn is_bridge(&self) -> bool {
-        matches!(self.class.map(|c| c >> 8), Some(0x0600 | 0x0604))
+        self.bridge_kind().is_some()
     }
 }
 

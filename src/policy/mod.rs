@@ -27,21 +27,59 @@ pub fn check(
     system: &System,
     req: &Request,
 ) -> Result<(), ApiError> {
+    if req.source.is_dom0() {
+        return Ok(());
+    }
     let service = req.method.to_string();
-    check_service(policy, system, &req.source, &req.target, &service, &req.untrusted_arg, true).map_err(
-        |why| {
-            tracing::warn!(method = %req.method, source = %req.source, target = %req.target, arg = req.untrusted_arg, "policy denied: {why}");
-            let read = matches!(req.method, Method::Available | Method::Assigned | Method::Attached);
-            ApiError::PermissionDenied {
-                message: format!(
-                    "{} from {} to {} is denied by dom0's qrexec policy; nothing was changed. A dom0 \
-                     administrator can allow it in the policy",
-                    req.method, req.source, req.target
-                ),
-                read,
-            }
-        },
-    )
+    let deny = |arg: &str, why: String| {
+        tracing::warn!(method = %req.method, source = %req.source, target = %req.target, arg, "policy denied: {why}");
+        let read = matches!(req.method, Method::Available | Method::Assigned | Method::Attached);
+        ApiError::PermissionDenied {
+            message: format!(
+                "{} from {} to {} is denied by dom0's qrexec policy; nothing was changed. A dom0 administrator \
+                 can allow it in the policy",
+                req.method, req.source, req.target
+            ),
+            read,
+        }
+    };
+    let policy = policy();
+    let loaded = || policy.clone();
+    let raw = req.untrusted_arg.as_str();
+    check_service(loaded, system, &req.source, &req.target, &service, raw, true).map_err(|why| deny(raw, why))?;
+    // qrexec matched the argument as spelled; a rule on the canonical
+    // spelling of the same device must not be dodged by another spelling.
+    match req.method.canonical_arg(raw) {
+        Some(canonical) if canonical != raw => {
+            check_service(loaded, system, &req.source, &req.target, &service, &canonical, true)
+                .map_err(|why| deny(&canonical, format!("{why} (the canonical spelling of {raw})")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `FILE:LINE: warning: …` for every rule of a PCI method whose argument
+/// is not the canonical spelling of a device: calls are checked on their
+/// canonical spelling too, so such a rule is dodged by that spelling.
+pub fn argument_warnings(policy: &Policy) -> Vec<String> {
+    policy
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let method = Method::parse(r.service.as_deref()?).ok()?;
+            let arg = r.argument.as_deref()?.strip_prefix('+')?;
+            let fix = match method.canonical_arg(arg) {
+                Some(c) if c == arg => return None,
+                Some(c) => format!("write it as +{c}, the spelling every call is also checked on"),
+                None => "it names no device, so it matches no call the service accepts".to_owned(),
+            };
+            Some(format!(
+                "{}: warning: {} +{arg} is not a canonical device argument: {fix}",
+                r.location(),
+                method
+            ))
+        })
+        .collect()
 }
 
 /// Whether the policy lets `source` call `service+arg` with `target`,
