@@ -197,23 +197,48 @@ impl Inventory {
     }
 }
 
-/// What a daemon keeps of each device between scans, by the inode of its
-/// sysfs directory.
+/// What a daemon keeps of each device between scans. An entry is used only
+/// while its sysfs directory is the same one (path behind the link, inode
+/// and change time) and still holds the same vendor, device and class: a
+/// device replaced at the same address is read anew even where the
+/// filesystem reuses the inode at once.
 #[derive(Debug, Default)]
 pub struct InventoryCache {
-    devices: std::sync::Mutex<std::collections::HashMap<Sbdf, (u64, PciDevice)>>,
+    devices: std::sync::Mutex<std::collections::HashMap<Sbdf, (DirKey, PciDevice)>>,
+}
+
+/// What identifies one device's sysfs directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct DirKey {
+    dir: PathBuf,
+    ino: u64,
+    ctime: (i64, i64),
+    ids: [Option<String>; 3],
+}
+
+impl DirKey {
+    fn of(dir: &Path) -> Result<DirKey, String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir).map_err(|e| format!("stat: {e}"))?;
+        let id = |name| read_attr(dir, name).ok().flatten();
+        Ok(DirKey {
+            dir: dir.to_owned(),
+            ino: m.ino(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            ids: [id("vendor"), id("device"), id("class")],
+        })
+    }
 }
 
 impl InventoryCache {
     fn read(&self, root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<PciDevice, String> {
-        use std::os::unix::fs::MetadataExt;
         let dir = real_dir(root, &sbdf);
-        let ino = std::fs::metadata(&dir).map_err(|e| format!("stat: {e}"))?.ino();
+        let key = DirKey::of(&dir)?;
         let cached = self
             .devices
             .lock()
             .ok()
-            .and_then(|m| m.get(&sbdf).filter(|(i, _)| *i == ino).map(|(_, d)| d.clone()));
+            .and_then(|m| m.get(&sbdf).filter(|(k, _)| *k == key).map(|(_, d)| d.clone()));
         if let Some(mut d) = cached {
             d.driver = read_driver(&dir);
             let mut problems = Vec::new();
@@ -222,7 +247,7 @@ impl InventoryCache {
         }
         let d = read_device(root, roots, sbdf)?;
         if let Ok(mut m) = self.devices.lock() {
-            m.insert(sbdf, (ino, d.clone()));
+            m.insert(sbdf, (key, d.clone()));
         }
         Ok(d)
     }
