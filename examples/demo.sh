@@ -94,6 +94,15 @@ step "Assigned for work, as the management qube sees it: read from qubesd's qube
 step "Assign to personal, a pvh qube: refused with the way out" \
     dom0 personal "admin.vm.device.pci.Assign+$DEV" "mode='required'"
 
+# A device dom0 itself uses (its root disk's controller, console GPU, ...), if any.
+USED=$("$BIN" list --json | python3 -c 'import json, sys
+rows = [d for d in json.load(sys.stdin) if any(u.startswith("dom0 (") for u in d["used_by"])]
+print(rows[0]["port_id"] if rows else "")')
+if [ -n "$USED" ]; then
+    step "Assign dom0:$USED, which dom0 itself uses: refused at a qube's request (dom0 could, with a warning)" \
+        mgmt work "admin.vm.device.pci.Assign+dom0+$USED" "mode='required'"
+fi
+
 echo "== work starts (admin.vm.Start to qubesd; the start check passes)"
 qubesd admin.vm.Start work
 echo

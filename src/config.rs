@@ -13,6 +13,11 @@ pub struct Config {
     #[arg(long, env = "QUBES_PCI_ADMIN_SYSFS", default_value = "/sys", global = true)]
     pub sysfs: PathBuf,
 
+    /// Root of the procfs tree (dom0's mounts and swap, to know which
+    /// devices dom0 itself uses).
+    #[arg(long, env = "QUBES_PCI_ADMIN_PROCFS", default_value = "/proc", global = true)]
+    pub procfs: PathBuf,
+
     /// qubesd's Admin API socket: every change is sent there, as dom0.
     #[arg(
         long,

@@ -131,3 +131,67 @@ fn replies_name_no_dom0_internals() {
     assert_eq!(ty, "QubesException");
     assert!(!msg.contains("QUBES_PCI_ADMIN") && !msg.contains("soon"), "{msg}");
 }
+
+/// Finding 2: devices dom0 cannot live without are never given away at a
+/// qube's request: its console GPU, the controllers under its mounted
+/// filesystems, swap and device-mapper stacks, and its input devices'
+/// controller. From dom0 the same call works, with a warning.
+#[test]
+fn devices_dom0_uses_are_refused_to_qubes() {
+    let mut sys = FakeSysfs::new(&["0000:00", "0001:00"]);
+    sys.add(FakeDev::new("0000:00:02.0", 0x8086, 0x9b41, 0x030000))
+        .add(FakeDev::new("0000:00:14.0", 0x8086, 0x8cb1, 0x0c0330))
+        .add(FakeDev::new("0000:00:17.0", 0x8086, 0x02d3, 0x010601))
+        .add(FakeDev::new("0001:00:02.0", 0x144d, 0xa808, 0x010802))
+        .add(FakeDev::new("0000:00:1f.6", 0x8086, 0x15a3, 0x020000))
+        .add(FakeDev::new("0000:00:1f.3", 0x8086, 0x9ca0, 0x040300));
+    sys.set_boot_vga("0000:00:02.0");
+    sys.add_input("0000:00:14.0", "input3");
+    sys.add_block("0000:00:17.0", "sda2", "8:2");
+    sys.add_block("0001:00:02.0", "nvme0n1p3", "259:3");
+    sys.add_block("0000:00:1f.3", "sdb1", "8:17");
+    sys.add_dm("dm-0", "253:0", &["nvme0n1p3"]);
+    let env = TestEnv::new(sys);
+    env.write_policy(
+        "30-test.policy",
+        "admin.vm.device.pci.Assign * mgmt @anyvm allow target=dom0\n",
+    );
+    // / on dm-0 (over the NVMe disk), /boot on sda2, swap on sdb1.
+    env.set_dom0_mounts(&[("0:22", "/proc"), ("253:0", "/"), ("8:2", "/boot")], &["/dev/sdb1"]);
+    for (port, why) in [
+        ("00_02.0", "console GPU"),
+        ("00_14.0", "input devices"),
+        ("00_17.0", "filesystem dom0 has mounted"),
+        ("0001_00_02.0", "filesystem dom0 has mounted"),
+        ("00_1f.3", "swap"),
+    ] {
+        let (ty, msg) = error_of(&env.call(
+            "mgmt",
+            "work",
+            &m("Assign", &format!("dom0+{port}")),
+            b"mode='required'",
+        ));
+        assert_eq!(ty, "QubesValueError", "{port}: {msg}");
+        assert!(msg.contains(why) && msg.contains("from dom0"), "{port}: {msg}");
+        assert!(
+            !msg.contains("/boot") && !msg.contains("253:0"),
+            "no dom0 internals: {msg}"
+        );
+    }
+    assert!(env.recorded().is_empty());
+    // What dom0 does not use is fine; and dom0 itself may (it is warned).
+    body_of(&env.call("mgmt", "work", &m("Assign", "dom0+00_1f.6"), b"mode='required'"));
+    body_of(&env.call("dom0", "sys-usb", &m("Assign", "dom0+00_14.0"), b"mode='required'"));
+    assert_eq!(env.recorded().len(), 2);
+    // The extension's check applies it too, by source.
+    let facts = |source: &str| {
+        serde_json::json!({"source": source, "dest": "work", "dest_virt_mode": "hvm",
+            "device": {"port": "00_17.0"}, "mode": "required", "options": {}, "assignments": [],
+            "system": {"domains": {"mgmt": {"type": "AppVM"}, "work": {"type": "AppVM"}}}})
+    };
+    let verdict = |f: serde_json::Value| -> serde_json::Value {
+        serde_json::from_slice(&env.cli(&["check", "assign"], f.to_string().as_bytes()).stdout).unwrap()
+    };
+    assert_eq!(verdict(facts("mgmt"))["exception"], "QubesValueError");
+    assert_eq!(verdict(facts("dom0")), serde_json::json!({"ok": true}));
+}

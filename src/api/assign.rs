@@ -40,7 +40,8 @@ pub(super) fn assign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     };
     let assigned = svc.qubes_xml()?.records();
     let at_port = Inventory::scan_port(&svc.config.sysfs, &new.port)?;
-    let plan = rules::check_assign(&dest, &new, &assigned, at_port.as_ref(), |name| {
+    let dom0 = svc.dom0_uses(call.req.source.is_dom0());
+    let plan = rules::check_assign(&dest, &new, &assigned, at_port.as_ref(), &dom0, |name| {
         grant_option(svc, call, name)
     })?;
     let others: Vec<String> = rules::also_assigned(&assigned, &new)

@@ -171,6 +171,14 @@ impl Service {
         }
     }
 
+    /// What dom0 itself uses, read now, for a call from `from_dom0`.
+    pub fn dom0_uses(&self, from_dom0: bool) -> crate::passthrough::rules::Dom0Uses {
+        crate::passthrough::rules::Dom0Uses {
+            uses: crate::pci::dom0_use::scan(&self.config.sysfs, &self.config.procfs),
+            from_dom0,
+        }
+    }
+
     pub fn qubesd(&self) -> &Qubesd {
         &self.qubesd
     }
@@ -185,7 +193,7 @@ impl Service {
             )
             .map_err(|detail| {
                 ApiError::dom0(
-                    "dom0's record of PCI assignments (qubesd's qubes.xml) cannot be read; nothing was changed by                      this call. A dom0 administrator can find the cause in the journal",
+                    "dom0's record of PCI assignments (qubesd's qubes.xml) cannot be read; nothing was changed by this call. A dom0 administrator can find the cause in the journal",
                     detail,
                 )
             })
@@ -233,7 +241,7 @@ impl Service {
                 )
                 .map_err(|e| {
                     ApiError::dom0(
-                        "the system info given to qubes-pci-admin cannot be read; a dom0 administrator can find                          the cause in the journal",
+                        "the system info given to qubes-pci-admin cannot be read; a dom0 administrator can find the cause in the journal",
                         e.to_string(),
                     )
                 }),

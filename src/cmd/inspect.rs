@@ -64,6 +64,7 @@ pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
         }
     }
     let records = xml.records();
+    let dom0_uses = qubes_pci_admin::pci::dom0_use::scan(&svc.config.sysfs, &svc.config.procfs);
     let used_by = |port: &qubes_pci_rpc::PciPath| -> Vec<String> {
         let assigned = records.iter().filter(|r| &r.port == port).map(|r| {
             let opts: Vec<String> = r.options.enabled().map(|o| format!("{o}=True")).collect();
@@ -78,6 +79,14 @@ pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
             .filter(|(_, a)| a.device.port.as_option() == Some(port))
             .map(|(q, _)| format!("{q} (attached, running)"));
         assigned.chain(running).collect()
+    };
+    let used_by_dom0 = |sbdf: &qubes_pci_rpc::Sbdf| -> Vec<String> {
+        dom0_uses
+            .get(sbdf)
+            .into_iter()
+            .flatten()
+            .map(|u| format!("dom0 ({})", u.what))
+            .collect()
     };
     let rows: Vec<serde_json::Value> = infos
         .iter()
@@ -104,7 +113,10 @@ pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
                 "vendor": i.vendor,
                 "product": i.product,
                 "data": data,
-                "used_by": used_by(&i.port),
+                "used_by": used_by(&i.port)
+                    .into_iter()
+                    .chain(inventory.by_port(&i.port).map(|d| used_by_dom0(&d.sbdf)).unwrap_or_default())
+                    .collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -166,7 +166,11 @@ pub fn run(config: &Config, kind: Kind, facts: &Facts) -> Result<(), ApiError> {
                 class: facts.dest_class.as_deref(),
                 virt_mode: facts.dest_virt_mode.as_deref(),
             };
-            rules::check_assign(&d, &new, &assigned, at_port.as_ref(), |option| {
+            let dom0 = rules::Dom0Uses {
+                uses: crate::pci::dom0_use::scan(&config.sysfs, &config.procfs),
+                from_dom0: facts.source == "dom0",
+            };
+            rules::check_assign(&d, &new, &assigned, at_port.as_ref(), &dom0, |option| {
                 grant(config, facts, option)
             })
             .map(drop)

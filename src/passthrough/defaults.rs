@@ -106,7 +106,7 @@ fn check_only(svc: &Service, record: &Record, assigned: &[Record], dev: &PciDevi
         class: None,
         virt_mode: Some(&virt_mode),
     };
-    rules::check_assign(&dest, record, assigned, Some(dev), |_| Ok(())).map(drop)
+    rules::check_assign(&dest, record, assigned, Some(dev), &svc.dom0_uses(true), |_| Ok(())).map(drop)
 }
 
 /// The Assign a dom0 administrator would send, through the same path as a

@@ -4,9 +4,22 @@
 
 use qubes_pci_rpc::{AssignmentMode, DeviceId, PciOptions, PciPath, Wild};
 
+use std::collections::BTreeMap;
+
+use qubes_pci_rpc::Sbdf;
+
 use super::Record;
 use crate::error::ApiError;
+use crate::pci::dom0_use::Dom0Use;
 use crate::pci::{Inventory, PciDevice};
+
+/// What dom0 itself uses (see [`crate::pci::dom0_use`]), and whether the
+/// call comes from dom0.
+#[derive(Clone, Debug, Default)]
+pub struct Dom0Uses {
+    pub uses: BTreeMap<Sbdf, Vec<Dom0Use>>,
+    pub from_dom0: bool,
+}
 
 /// What the destination of an assignment is.
 #[derive(Clone, Copy, Debug, Default)]
@@ -102,6 +115,42 @@ pub fn check_device<'a>(
     Ok(dev)
 }
 
+/// A device dom0 is using is never given away at a qube's request (its root
+/// disk handed to a qube is a full compromise); a dom0 administrator may
+/// still do it, with a warning in the journal.
+pub fn check_dom0_use(dom0: &Dom0Uses, dev: &PciDevice, qube: &str) -> Result<(), ApiError> {
+    let Some(uses) = dom0.uses.get(&dev.sbdf).filter(|u| !u.is_empty()) else {
+        return Ok(());
+    };
+    let why: Vec<&str> = uses.iter().map(|u| u.what).collect();
+    let detail: Vec<&str> = uses
+        .iter()
+        .map(|u| u.detail.as_str())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if dom0.from_dom0 {
+        tracing::warn!(
+            device = %dev.port,
+            sbdf = %dev.sbdf,
+            qube,
+            detail = detail.join("; "),
+            "dom0 assigns a PCI device dom0 itself uses ({}); it leaves dom0 when {qube} starts",
+            why.join("; ")
+        );
+        return Ok(());
+    }
+    tracing::warn!(device = %dev.port, sbdf = %dev.sbdf, qube, detail = detail.join("; "), "refused: dom0 uses this device");
+    Err(ApiError::Value(format!(
+        "dom0:{} ({}) cannot be assigned to {qube} at a qube's request: dom0 itself uses it ({}), and it would \
+         leave dom0 when {qube} starts. A dom0 administrator who means it can assign it from dom0 \
+         (`qvm-pci assign --required {qube} dom0:{}`)",
+        dev.port,
+        dev.sbdf,
+        why.join("; "),
+        dev.port
+    )))
+}
+
 /// The functions of one multi-function device go to one qube, unless every
 /// assignment involved carries `no-strict-reset`.
 pub fn check_siblings(assigned: &[Record], new: &Record) -> Result<(), ApiError> {
@@ -137,13 +186,14 @@ pub fn also_assigned<'a>(assigned: &'a [Record], new: &'a Record) -> impl Iterat
 }
 
 /// Every rule of an Assign of `new` to `dest`, given every qube's
-/// assignments and the device at the port. `grant` is asked for every
+/// assignments, the device at the port and what dom0 uses. `grant` is asked for every
 /// option the call turns on that the existing assignment did not have.
 pub fn check_assign(
     dest: &Dest,
     new: &Record,
     assigned: &[Record],
     at_port: Option<&PciDevice>,
+    dom0: &Dom0Uses,
     grant: impl Fn(&str) -> Result<(), ApiError>,
 ) -> Result<Plan, ApiError> {
     let name = new.device_name();
@@ -156,7 +206,8 @@ pub fn check_assign(
         Some(b) if b.options == new.options => Plan::Mode { before: b },
         Some(b) => Plan::Replace { before: b },
     };
-    check_device(at_port, &new.port, &new.device_id, dest.name)?;
+    let dev = check_device(at_port, &new.port, &new.device_id, dest.name)?;
+    check_dom0_use(dom0, dev, dest.name)?;
     check_siblings(assigned, new)?;
     let had = match &plan {
         Plan::Mode { before } | Plan::Replace { before } => before.options,

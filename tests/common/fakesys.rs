@@ -139,6 +139,42 @@ impl FakeSysfs {
         std::fs::remove_file(self.root().join("bus/pci/devices").join(sbdf)).unwrap();
     }
 
+    /// A block device `name` (`MAJ:MIN`) below the PCI device `sbdf`, as
+    /// `/sys/dev/block/MAJ:MIN` and `/sys/class/block/NAME` show it.
+    pub fn add_block(&self, sbdf: &str, name: &str, devno: &str) {
+        let dev = self.root().join(&self.paths[sbdf]).join("host0/block").join(name);
+        std::fs::create_dir_all(&dev).unwrap();
+        for dir in ["dev/block", "class/block"] {
+            std::fs::create_dir_all(self.root().join(dir)).unwrap();
+        }
+        std::os::unix::fs::symlink(&dev, self.root().join("dev/block").join(devno)).unwrap();
+        std::os::unix::fs::symlink(&dev, self.root().join("class/block").join(name)).unwrap();
+    }
+
+    /// A device-mapper device over block devices already added.
+    pub fn add_dm(&self, name: &str, devno: &str, slaves: &[&str]) {
+        let dev = self.root().join("devices/virtual/block").join(name);
+        std::fs::create_dir_all(dev.join("slaves")).unwrap();
+        for s in slaves {
+            std::os::unix::fs::symlink(self.root().join("class/block").join(s), dev.join("slaves").join(s)).unwrap();
+        }
+        std::os::unix::fs::symlink(&dev, self.root().join("dev/block").join(devno)).unwrap();
+        std::os::unix::fs::symlink(&dev, self.root().join("class/block").join(name)).unwrap();
+    }
+
+    /// An input device (keyboard) below the PCI device `sbdf`.
+    pub fn add_input(&self, sbdf: &str, name: &str) {
+        let dev = self.root().join(&self.paths[sbdf]).join("usb1/1-1/1-1:1.0").join(name);
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::create_dir_all(self.root().join("class/input").join(name)).unwrap();
+        std::os::unix::fs::symlink(&dev, self.root().join("class/input").join(name).join("device")).unwrap();
+    }
+
+    /// Marks `sbdf` as the console GPU.
+    pub fn set_boot_vga(&self, sbdf: &str) {
+        write(&self.root().join(&self.paths[sbdf]).join("boot_vga"), "1");
+    }
+
     /// Makes an attribute unreadable (a directory where a file should be:
     /// permission bits do not stop root).
     pub fn break_attr(&self, sbdf: &str, attr: &str) {

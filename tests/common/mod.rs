@@ -64,6 +64,7 @@ impl TestEnv {
     pub fn with_qubes_xml(sysfs: FakeSysfs, xml: &str) -> TestEnv {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policy/include")).unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
         std::fs::write(dir.path().join("qubes.xml"), xml).unwrap();
         let mut env = TestEnv {
             sysfs,
@@ -101,6 +102,23 @@ impl TestEnv {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
         assert!(line.contains("ready"), "the stand-in did not start: {line:?}");
         self.standin = Some(child);
+    }
+
+    /// dom0's mounts (`/proc/self/mountinfo` lines: `MAJ:MIN MOUNTPOINT`)
+    /// and swap devices.
+    pub fn set_dom0_mounts(&self, mounts: &[(&str, &str)], swaps: &[&str]) {
+        let proc = self.dir.path().join("proc");
+        let info: String = mounts
+            .iter()
+            .enumerate()
+            .map(|(i, (devno, at))| format!("{} 1 {devno} / {at} rw,relatime - ext4 /dev/x rw\n", 20 + i))
+            .collect();
+        std::fs::write(proc.join("self/mountinfo"), info).unwrap();
+        let mut sw = "Filename\tType\tSize\tUsed\tPriority\n".to_owned();
+        for s in swaps {
+            sw.push_str(&format!("{s}\tpartition\t1000\t0\t-2\n"));
+        }
+        std::fs::write(proc.join("swaps"), sw).unwrap();
     }
 
     /// Stops the stand-in: qubesd is gone.
@@ -199,6 +217,7 @@ impl TestEnv {
         let d = self.dir.path();
         vec![
             ("QUBES_PCI_ADMIN_SYSFS", self.sysfs.root().to_owned()),
+            ("QUBES_PCI_ADMIN_PROCFS", d.join("proc")),
             ("QUBES_PCI_ADMIN_POLICY_DIR", self.policy_dir()),
             ("QUBES_PCI_ADMIN_QUBESD_SOCKET", d.join("qubesd.sock")),
             ("QUBES_PCI_ADMIN_QUBESD_INTERNAL_SOCKET", d.join("qubesd.internal.sock")),
