@@ -40,9 +40,9 @@ fn read_small(path: &Path) -> Option<String> {
 /// component that reads as a PCI address.
 fn pci_ancestor(real: &Path) -> Option<Sbdf> {
     real.components()
+        .rev()
         .filter_map(|c| c.as_os_str().to_str())
-        .filter_map(|c| Sbdf::parse(c).ok())
-        .last()
+        .find_map(|c| Sbdf::parse(c).ok())
 }
 
 /// Every use dom0 has for PCI devices, by address.
