@@ -170,6 +170,35 @@ fn main() {
         }
     }
 
+    // A legitimate call while 120 connections connect and send nothing
+    // (review finding 4: they used to hold every worker until the read
+    // deadline). Baseline: the same call with no stalled connection.
+    let timed = |n: usize| -> Vec<Duration> {
+        (0..n)
+            .map(|_| {
+                let s = Instant::now();
+                let r = sock_call(&real_sock, "admin.vm.device.pci.Available mgmt keyword adminvm");
+                assert!(r.starts_with(b"0\0"));
+                s.elapsed()
+            })
+            .collect()
+    };
+    let quiet = timed(50);
+    let stalled: Vec<UnixStream> = (0..120).map(|_| UnixStream::connect(&real_sock).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let loaded = timed(50);
+    drop(stalled);
+    let max = |v: &[Duration]| v.iter().max().copied().unwrap_or_default();
+    println!(
+        "  Available with 120 stalled connections: median {:.2} ms, max {:.2} ms; without: median {:.2} ms, \
+         max {:.2} ms; ratio of medians {:.2}",
+        median(loaded.clone()).as_secs_f64() * 1e3,
+        max(&loaded).as_secs_f64() * 1e3,
+        median(quiet.clone()).as_secs_f64() * 1e3,
+        max(&quiet).as_secs_f64() * 1e3,
+        median(loaded).as_secs_f64() / median(quiet).as_secs_f64()
+    );
+
     // Exec mode: a new process per call, as qrexec runs /etc/qubes-rpc/<method>.
     let mut exec_envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, v.display().to_string())).collect();
     exec_envs.extend([

@@ -60,6 +60,10 @@ enum Command {
         /// Milliseconds a client may take to send its whole request.
         #[arg(long, default_value_t = 5000)]
         read_deadline_ms: u64,
+        /// Milliseconds a client may take to send the request header (qrexec
+        /// sends it at once); a connection that sends nothing is cut off then.
+        #[arg(long, default_value_t = 1000)]
+        header_deadline_ms: u64,
         /// Answer every call with its own payload, doing nothing else (the
         /// transport's floor, for benchmarks).
         #[arg(long, hide = true)]
@@ -238,12 +242,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             socket,
             workers,
             read_deadline_ms,
+            header_deadline_ms,
             echo,
         } => {
             let opts = ServeOptions {
                 socket,
                 workers,
                 read_deadline: std::time::Duration::from_millis(read_deadline_ms),
+                header_deadline: std::time::Duration::from_millis(header_deadline_ms),
                 echo,
             };
             serve::serve(svc, opts)?;

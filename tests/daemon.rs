@@ -405,3 +405,45 @@ fn the_daemon_answers_assigned_from_qubesd_record_after_every_change() {
         }
     }
 }
+
+/// Review finding 4: connections that connect and send nothing hold no
+/// worker; a legitimate call is answered while 120 of them wait.
+#[test]
+fn stalled_connections_do_not_starve_the_daemon() {
+    let env = policy_env();
+    let d = Daemon::start(&env, &["--workers", "4", "--header-deadline-ms", "20000"], &[]);
+    let stalled: Vec<UnixStream> = (0..120).map(|_| UnixStream::connect(&d.socket).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    for _ in 0..5 {
+        let got = sock_call(&d.socket, "admin.vm.device.pci.Available mgmt keyword adminvm", b"").unwrap();
+        assert!(got.starts_with(b"0\0"), "{}", String::from_utf8_lossy(&got));
+    }
+    // Before, each stalled connection held one of the 4 workers for the
+    // whole read deadline: the calls waited for minutes.
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    drop(stalled);
+}
+
+#[test]
+fn a_connection_that_sends_no_header_is_cut_off_at_the_header_deadline() {
+    let env = policy_env();
+    let d = Daemon::start(
+        &env,
+        &["--header-deadline-ms", "300", "--read-deadline-ms", "20000"],
+        &[],
+    );
+    let mut silent = UnixStream::connect(&d.socket).unwrap();
+    let start = Instant::now();
+    let mut reply = Vec::new();
+    silent.read_to_end(&mut reply).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "cut off at the header deadline, not the read deadline"
+    );
+    assert!(
+        reply.starts_with(b"2\0ProtocolError\0") && String::from_utf8_lossy(&reply).contains("no request header"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+}

@@ -1,5 +1,6 @@
-//! One connection: read the request (header, NUL, payload, EOF) within the
-//! deadline and the size cap, answer it, close.
+//! One connection: its request read without blocking by the reading thread
+//! (header, NUL, payload, EOF, within the deadlines and the size cap), then
+//! answered by a worker, and closed.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -12,53 +13,115 @@ use super::ServeOptions;
 use crate::api::Service;
 
 /// Why a request could not be read whole.
-enum ReadFailure {
+pub enum ReadFailure {
+    /// No NUL (end of the header) before the header deadline.
+    HeaderDeadline,
+    /// The header came, the rest not before the read deadline.
     Deadline,
     Decode(DecodeError),
     Io(std::io::Error),
 }
 
-/// Reads until EOF, at most `MAX_REQUEST` bytes, before `deadline`.
-fn read_request(stream: &mut UnixStream, opts: &ServeOptions) -> Result<Vec<u8>, ReadFailure> {
-    let deadline = Instant::now() + opts.read_deadline;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ReadFailure::Deadline);
-        }
-        stream.set_read_timeout(Some(left)).map_err(ReadFailure::Io)?;
-        match stream.read(&mut chunk) {
-            Ok(0) => return Ok(buf),
-            Ok(n) => {
-                if buf.len() + n > MAX_REQUEST {
-                    return Err(ReadFailure::Decode(DecodeError::TooLong));
+/// What a worker does with a connection.
+pub enum Job {
+    /// A whole request.
+    Request(UnixStream, Vec<u8>),
+    /// A request that could not be read: answered with a typed reply.
+    Failed(UnixStream, ReadFailure),
+}
+
+/// A connection still sending its request.
+pub struct Pending {
+    pub stream: UnixStream,
+    buf: Vec<u8>,
+    started: Instant,
+    header_done: bool,
+}
+
+/// What reading a pending connection gave.
+pub enum Progress {
+    More(Pending),
+    Done(Job),
+}
+
+impl Pending {
+    pub fn new(stream: UnixStream) -> std::io::Result<Pending> {
+        stream.set_nonblocking(true)?;
+        Ok(Pending {
+            stream,
+            buf: Vec::new(),
+            started: Instant::now(),
+            header_done: false,
+        })
+    }
+
+    /// When this connection is cut off if it has not finished.
+    pub fn deadline(&self, opts: &ServeOptions) -> Instant {
+        let limit = if self.header_done {
+            opts.read_deadline
+        } else {
+            opts.header_deadline.min(opts.read_deadline)
+        };
+        self.started + limit
+    }
+
+    /// Reads what has arrived, without blocking.
+    pub fn read(mut self) -> Progress {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Progress::Done(Job::Request(self.stream, self.buf)),
+                Ok(n) => {
+                    let got = chunk.get(..n).unwrap_or_default();
+                    if self.buf.len() + n > MAX_REQUEST {
+                        return Progress::Done(Job::Failed(self.stream, ReadFailure::Decode(DecodeError::TooLong)));
+                    }
+                    self.header_done |= got.contains(&0);
+                    self.buf.extend_from_slice(got);
                 }
-                buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Progress::More(self),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Progress::Done(Job::Failed(self.stream, ReadFailure::Io(e))),
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(ReadFailure::Deadline)
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(ReadFailure::Io(e)),
         }
+    }
+
+    /// The deadline passed.
+    pub fn cut_off(self) -> Job {
+        let why = if self.header_done {
+            ReadFailure::Deadline
+        } else {
+            ReadFailure::HeaderDeadline
+        };
+        Job::Failed(self.stream, why)
     }
 }
 
-/// Answers one connection; `true` when the reply reported success.
-pub fn handle(mut stream: UnixStream, svc: &Service, opts: &ServeOptions) -> bool {
-    let (bytes, ok) = match read_request(&mut stream, opts) {
-        Ok(buf) if opts.echo => {
+/// Answers one job; `true` when the reply reported success.
+pub fn handle(job: Job, svc: &Service, opts: &ServeOptions) -> bool {
+    let (mut stream, bytes, ok) = match job {
+        Job::Request(stream, buf) if opts.echo => {
             let mut out = b"0\0".to_vec();
             out.extend_from_slice(buf.split(|b| *b == 0).nth(1).unwrap_or_default());
-            (out, true)
+            (stream, out, true)
         }
-        Ok(buf) => {
+        Job::Request(stream, buf) => {
             let r = svc.answer(UntrustedRequest::decode_socket(&buf));
-            (r.bytes, r.ok)
+            (stream, r.bytes, r.ok)
         }
-        Err(ReadFailure::Deadline) => {
+        Job::Failed(stream, ReadFailure::HeaderDeadline) => {
+            tracing::warn!(
+                deadline_ms = opts.header_deadline.as_millis() as u64,
+                "client did not send a request header in time; cut off"
+            );
+            let msg = format!(
+                "no request header within {} ms: send METHOD+ARG SOURCE name|keyword TARGET, a NUL, the payload, \
+                 then close your end",
+                opts.header_deadline.as_millis()
+            );
+            (stream, Reply::error(ExceptionKind::ProtocolError, msg).encode(), false)
+        }
+        Job::Failed(stream, ReadFailure::Deadline) => {
             tracing::warn!(
                 deadline_ms = opts.read_deadline.as_millis() as u64,
                 "client did not send its whole request in time; cut off"
@@ -67,14 +130,15 @@ pub fn handle(mut stream: UnixStream, svc: &Service, opts: &ServeOptions) -> boo
                 "request not complete within {} ms: send the header, a NUL and the payload, then close your end",
                 opts.read_deadline.as_millis()
             );
-            (Reply::error(ExceptionKind::ProtocolError, msg).encode(), false)
+            (stream, Reply::error(ExceptionKind::ProtocolError, msg).encode(), false)
         }
-        Err(ReadFailure::Decode(e)) => (svc.answer(Err(e)).bytes, false),
-        Err(ReadFailure::Io(e)) => {
+        Job::Failed(stream, ReadFailure::Decode(e)) => (stream, svc.answer(Err(e)).bytes, false),
+        Job::Failed(_, ReadFailure::Io(e)) => {
             tracing::warn!("cannot read the request: {e}");
             return false;
         }
     };
+    let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(opts.read_deadline));
     if let Err(e) = stream.write_all(&bytes) {
         tracing::warn!("cannot send the reply: {e}");

@@ -3,19 +3,25 @@
 //! (header, NUL, payload, EOF; then the reply and close), answered by the
 //! same handler as exec mode.
 //!
-//! Threads, not an async runtime: a bounded pool of workers takes accepted
-//! connections from a bounded queue, so at most `workers` calls run and at
-//! most `workers` more wait; the accept loop waits on the listener and a
-//! signalfd for SIGTERM/SIGINT, and wakes up for watchdog pings.
+//! Threads, not an async runtime. One thread accepts connections and reads
+//! every request at once (non-blocking, one `poll` over the listener, the
+//! signalfd and every connection still sending), so a client that connects
+//! and sends nothing never holds a worker: it is cut off at the header
+//! deadline (qrexec writes the header at once) or, once the header came, at
+//! the read deadline. Only complete requests go to the bounded pool of
+//! workers, through a bounded queue, so at most `workers` calls run.
 
 mod conn;
 mod notify;
 
 use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+
+use conn::{Job, Pending, Progress};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +41,8 @@ pub struct ServeOptions {
     pub workers: usize,
     /// How long a client may take to send its whole request.
     pub read_deadline: Duration,
+    /// How long a client may take to send the header (up to the NUL).
+    pub header_deadline: Duration,
     /// Answer every call with `0\0` and its payload, touching nothing: the
     /// transport's own floor, for benchmarks.
     pub echo: bool,
@@ -125,7 +133,7 @@ pub fn serve(svc: Service, opts: ServeOptions) -> Result<(), ServeError> {
 
     let workers = opts.workers.max(1);
     let counters = Arc::new(Counters::default());
-    let (tx, rx) = sync_channel::<UnixStream>(workers);
+    let (tx, rx) = sync_channel::<Job>(workers);
     let rx = Arc::new(Mutex::new(rx));
     let handles: Vec<_> = (0..workers)
         .map(|_| {
@@ -140,16 +148,30 @@ pub fn serve(svc: Service, opts: ServeOptions) -> Result<(), ServeError> {
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     notify::ready(&counters);
     tracing::info!(workers, "serving admin.vm.device.pci.* calls");
-    let stop_reason = accept_loop(&listener, &signals, &tx, &counters, watchdog);
+    let mut reader = Reader {
+        listener: Some(&listener),
+        signals: &signals,
+        tx: &tx,
+        counters: &counters,
+        watchdog,
+        opts: &opts,
+        pending: Vec::new(),
+        ready: std::collections::VecDeque::new(),
+    };
+    let stop_reason = reader.run();
     notify::stopping(&counters);
     tracing::info!(
         reason = stop_reason,
         "stopping: no new connections; finishing the calls in flight"
     );
-    drop(listener);
+    reader.listener = None;
     if let Some(p) = &made {
         let _ = std::fs::remove_file(p);
     }
+    // Connections accepted before the stop are still read and answered.
+    reader.drain();
+    drop(reader);
+    drop(listener);
     drop(tx);
     for h in handles {
         let _ = h.join();
@@ -158,59 +180,130 @@ pub fn serve(svc: Service, opts: ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn accept_loop(
-    listener: &UnixListener,
-    signals: &SignalFd,
-    tx: &SyncSender<UnixStream>,
-    counters: &Counters,
+/// Connections read at the same time; past this, no more are accepted
+/// until some finish (they wait in the listen backlog).
+const MAX_PENDING: usize = 512;
+
+/// The accepting and reading thread.
+struct Reader<'a> {
+    listener: Option<&'a UnixListener>,
+    signals: &'a SignalFd,
+    tx: &'a SyncSender<Job>,
+    counters: &'a Counters,
     watchdog: Option<Duration>,
-) -> &'static str {
-    let tick = watchdog.unwrap_or(Duration::from_secs(5)).min(Duration::from_secs(5));
-    let mut last_status = Instant::now();
-    loop {
-        let timeout = PollTimeout::try_from(tick.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
-        let mut fds = [
-            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-        ];
-        let ready = poll(&mut fds, timeout);
-        let [l, s] = fds;
-        let listen_ready = l.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
-        let signal_ready = s.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
-        if watchdog.is_some() {
-            notify::watchdog();
+    opts: &'a ServeOptions,
+    /// Connections still sending their request.
+    pending: Vec<Pending>,
+    /// Jobs waiting for room in the workers' queue.
+    ready: std::collections::VecDeque<Job>,
+}
+
+impl Reader<'_> {
+    /// Until SIGTERM/SIGINT: accept, read, hand complete requests over.
+    fn run(&mut self) -> &'static str {
+        let tick = self
+            .watchdog
+            .unwrap_or(Duration::from_secs(5))
+            .min(Duration::from_secs(5));
+        let mut last_status = Instant::now();
+        loop {
+            if self.watchdog.is_some() {
+                notify::watchdog();
+            }
+            if last_status.elapsed() >= tick {
+                notify::status(self.counters);
+                last_status = Instant::now();
+            }
+            match self.step(tick) {
+                Ok(Some(reason)) => return reason,
+                Ok(None) => {}
+                Err(reason) => return reason,
+            }
         }
-        if last_status.elapsed() >= tick {
-            notify::status(counters);
-            last_status = Instant::now();
+    }
+
+    /// After the stop: read and hand over what was accepted, then return.
+    fn drain(&mut self) {
+        while !self.pending.is_empty() || !self.ready.is_empty() {
+            if self.step(Duration::from_millis(100)).is_err() {
+                return;
+            }
         }
-        if signal_ready {
-            if let Ok(Some(info)) = signals.read_signal() {
-                return if info.ssi_signo == Signal::SIGINT as u32 {
+    }
+
+    /// One round: wait for input (at most `tick`, or the nearest
+    /// deadline), then accept, read and hand over. `Ok(Some)` is a stop
+    /// signal, `Err` the workers being gone.
+    fn step(&mut self, tick: Duration) -> Result<Option<&'static str>, &'static str> {
+        self.flush()?;
+        let now = Instant::now();
+        let wait = self
+            .pending
+            .iter()
+            .map(|p| p.deadline(self.opts).saturating_duration_since(now))
+            .chain(std::iter::once(tick))
+            .chain((!self.ready.is_empty()).then_some(Duration::from_millis(5)))
+            .min()
+            .unwrap_or(tick);
+        let accepting = self.listener.is_some() && self.pending.len() + self.ready.len() < MAX_PENDING;
+        let mut fds: Vec<PollFd> = Vec::with_capacity(self.pending.len() + 2);
+        fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
+        if let (true, Some(l)) = (accepting, self.listener) {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        let first_conn = fds.len();
+        fds.extend(
+            self.pending
+                .iter()
+                .map(|p| PollFd::new(p.stream.as_fd(), PollFlags::POLLIN)),
+        );
+        let timeout = PollTimeout::try_from(wait.as_millis().clamp(1, 60_000) as i32).unwrap_or(PollTimeout::MAX);
+        let polled = poll(&mut fds, timeout).is_ok();
+        let readable = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        let signal = polled && fds.first().is_some_and(readable);
+        let listen = polled && accepting && fds.get(1).is_some_and(readable);
+        let ready_conns: Vec<bool> = (0..self.pending.len())
+            .map(|i| polled && fds.get(first_conn + i).is_some_and(readable))
+            .collect();
+        drop(fds);
+        if signal {
+            if let Ok(Some(info)) = self.signals.read_signal() {
+                return Ok(Some(if info.ssi_signo == Signal::SIGINT as u32 {
                     "SIGINT"
                 } else {
                     "SIGTERM"
-                };
+                }));
             }
         }
-        if ready.is_err() || !listen_ready {
-            continue;
+        // Read what arrived; finish what is complete or out of time.
+        let now = Instant::now();
+        let mut still = Vec::with_capacity(self.pending.len());
+        for (p, ready) in std::mem::take(&mut self.pending).into_iter().zip(ready_conns) {
+            let progress = if ready { p.read() } else { Progress::More(p) };
+            match progress {
+                Progress::More(p) if now >= p.deadline(self.opts) => self.ready.push_back(p.cut_off()),
+                Progress::More(p) => still.push(p),
+                Progress::Done(job) => self.ready.push_back(job),
+            }
         }
-        // Take every pending connection.
-        loop {
+        self.pending = still;
+        if listen {
+            self.accept();
+        }
+        self.flush()?;
+        Ok(None)
+    }
+
+    /// Takes every pending connection (up to the cap).
+    fn accept(&mut self) {
+        let Some(listener) = self.listener else { return };
+        while self.pending.len() + self.ready.len() < MAX_PENDING {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    match tx.try_send(stream) {
-                        Ok(()) => {}
-                        // Every worker busy and the queue full: wait for room
-                        // (bounded concurrency), not for the signal.
-                        Err(TrySendError::Full(stream)) => {
-                            if tx.send(stream).is_err() {
-                                return "workers gone";
-                            }
-                        }
-                        Err(TrySendError::Disconnected(_)) => return "workers gone",
+                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    match Pending::new(stream) {
+                        Ok(p) => self.pending.push(p),
+                        Err(e) => tracing::warn!("cannot read a new connection: {e}"),
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -221,17 +314,32 @@ fn accept_loop(
             }
         }
     }
+
+    /// Hands ready jobs to the workers while their queue has room.
+    fn flush(&mut self) -> Result<(), &'static str> {
+        while let Some(job) = self.ready.pop_front() {
+            match self.tx.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job)) => {
+                    self.ready.push_front(job);
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(_)) => return Err("workers gone"),
+            }
+        }
+        Ok(())
+    }
 }
 
-fn worker(rx: &Mutex<Receiver<UnixStream>>, svc: &Service, counters: &Counters, opts: &ServeOptions) {
+fn worker(rx: &Mutex<Receiver<Job>>, svc: &Service, counters: &Counters, opts: &ServeOptions) {
     loop {
         let next = match rx.lock() {
             Ok(r) => r.recv(),
             Err(_) => return,
         };
-        let Ok(stream) = next else { return };
+        let Ok(job) = next else { return };
         counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let ok = conn::handle(stream, svc, opts);
+        let ok = conn::handle(job, svc, opts);
         counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         counters.calls.fetch_add(1, Ordering::Relaxed);
         if !ok {
