@@ -76,7 +76,7 @@ impl From<QubesdError> for ApiError {
 impl ApiError {
     /// A failure inside dom0: `detail` is logged here, the caller sees `public`.
     pub fn dom0(public: &'static str, detail: String) -> ApiError {
-        tracing::error!(%detail, "{public}");
+        tracing::error!(detail = qubes_pci_rpc::reply::escape_controls(&detail), "{public}");
         ApiError::Dom0 { public, detail }
     }
 

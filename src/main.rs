@@ -46,7 +46,12 @@ enum Command {
     /// Answer one qrexec socket-service connection on stdin/stdout (the
     /// header, a NUL, the payload; then the reply), as under systemd's
     /// `Accept=yes`.
-    ServeConnection,
+    ServeConnection {
+        /// Milliseconds the client may take to send its whole request; then
+        /// it gets a typed refusal and the connection ends.
+        #[arg(long, default_value_t = 5000)]
+        read_deadline_ms: u64,
+    },
     /// Run the resident service on a Unix socket (qrexec socket-service
     /// framing), from --socket or systemd socket activation. Stops on
     /// SIGTERM after the calls in flight.
@@ -132,13 +137,15 @@ pub(crate) enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    let argv0 = std::env::args().next().unwrap_or_default();
+    // `args_os`: an argument that is not UTF-8 must get a typed reply, not
+    // a panic in `args`.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
     let base = Path::new(&argv0)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if base.starts_with("admin.") {
-        return exec_service(&argv0);
+        return exec_service(&argv0.to_string_lossy());
     }
     let cli = Cli::parse();
     logging::init(if matches!(cli.command, Command::Serve { .. }) {
@@ -167,43 +174,74 @@ fn read_capped(r: impl Read) -> std::io::Result<Result<Vec<u8>, DecodeError>> {
     })
 }
 
+/// The qrexec variables exec mode reads.
+const QREXEC_VARS: [&str; 6] = [
+    "QREXEC_REMOTE_DOMAIN",
+    "QREXEC_SERVICE_ARGUMENT",
+    "QREXEC_SERVICE_FULL_NAME",
+    "QREXEC_REQUESTED_TARGET",
+    "QREXEC_REQUESTED_TARGET_TYPE",
+    "QREXEC_REQUESTED_TARGET_KEYWORD",
+];
+
 /// Exec-service mode: qrexec ran `/etc/qubes-rpc/<method>`. The reply is
 /// always written and the exit status is 0 whenever it was, because
-/// qubesadmin discards the reply of a service that exits non-zero.
+/// qubesadmin discards the reply of a service that exits non-zero. Every
+/// step, reading the arguments included, runs under the panic guard.
 fn exec_service(argv0: &str) -> ExitCode {
     logging::init("info");
-    let reply = match Config::from_env() {
-        Err(e) => {
-            // The variable names and values are dom0's business: the
-            // journal gets them, the caller only what happened.
-            tracing::error!(error = %e, "bad qubes-pci-admin settings in the environment");
-            Reply::error(
-                ExceptionKind::QubesException,
-                "qubes-pci-admin is misconfigured in dom0; nothing was changed by this call. A dom0 \
-                 administrator can find the cause in the journal",
-            )
-            .encode()
-        }
-        Ok(config) => {
-            let svc = Service::new(config);
-            let argv1 = std::env::args().nth(1);
-            let request = match read_capped(std::io::stdin().lock()) {
-                Err(e) => Err(DecodeError::Framing(if e.kind() == std::io::ErrorKind::InvalidData {
-                    "unreadable payload"
-                } else {
-                    "cannot read the payload"
-                })),
-                Ok(payload) => payload
-                    .and_then(|p| UntrustedRequest::decode_exec(argv0, argv1.as_deref(), |k| std::env::var(k).ok(), p)),
-            };
-            svc.answer(request).bytes
-        }
-    };
+    let reply = std::panic::catch_unwind(|| exec_reply(argv0)).unwrap_or_else(|_| {
+        Reply::error(
+            ExceptionKind::QubesException,
+            "internal error in qubes-pci-admin; see the dom0 journal",
+        )
+        .encode()
+    });
     let mut out = std::io::stdout().lock();
     match out.write_all(&reply).and_then(|_| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }
+}
+
+fn exec_reply(argv0: &str) -> Vec<u8> {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            // The variable names and values are dom0's business: the
+            // journal gets them, the caller only what happened.
+            tracing::error!(error = %e, "bad qubes-pci-admin settings in the environment");
+            return Reply::error(
+                ExceptionKind::QubesException,
+                "qubes-pci-admin is misconfigured in dom0; nothing was changed by this call. A dom0 \
+                 administrator can find the cause in the journal",
+            )
+            .encode();
+        }
+    };
+    let svc = Service::new(config);
+    let not_utf8 = |what| Err(DecodeError::Framing(what));
+    let argv1 = std::env::args_os().nth(1);
+    let request = if argv1.as_ref().is_some_and(|a| a.to_str().is_none()) {
+        not_utf8("the service argument is not UTF-8")
+    } else if QREXEC_VARS
+        .iter()
+        .any(|k| std::env::var_os(k).is_some_and(|v| v.to_str().is_none()))
+    {
+        not_utf8("a qrexec variable is not UTF-8")
+    } else {
+        let argv1 = argv1.and_then(|a| a.into_string().ok());
+        match read_capped(std::io::stdin().lock()) {
+            Err(e) => Err(DecodeError::Framing(if e.kind() == std::io::ErrorKind::InvalidData {
+                "unreadable payload"
+            } else {
+                "cannot read the payload"
+            })),
+            Ok(payload) => payload
+                .and_then(|p| UntrustedRequest::decode_exec(argv0, argv1.as_deref(), |k| std::env::var(k).ok(), p)),
+        }
+    };
+    svc.answer(request).bytes
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -230,10 +268,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::io::stdout().write_all(&reply.bytes).context("writing the reply")?;
             Ok(ExitCode::from(if reply.ok { 0 } else { 2 }))
         }
-        Command::ServeConnection => {
-            let request = read_capped(std::io::stdin().lock())
-                .context("reading the request from stdin")?
-                .and_then(|buf| UntrustedRequest::decode_socket(&buf));
+        Command::ServeConnection { read_deadline_ms } => {
+            // Read on a thread, so a client that sends nothing is answered
+            // at the deadline (the thread ends with the process).
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(read_capped(std::io::stdin().lock()));
+            });
+            let request = match rx.recv_timeout(std::time::Duration::from_millis(read_deadline_ms)) {
+                Ok(read) => read
+                    .context("reading the request from stdin")?
+                    .and_then(|buf| UntrustedRequest::decode_socket(&buf)),
+                Err(_) => {
+                    tracing::warn!(
+                        deadline_ms = read_deadline_ms,
+                        "client did not send its whole request in time; cut off"
+                    );
+                    let reply = Reply::error(
+                        ExceptionKind::ProtocolError,
+                        format!(
+                            "request not complete within {read_deadline_ms} ms: send the header, a NUL and the \
+                             payload, then close your end"
+                        ),
+                    );
+                    std::io::stdout()
+                        .write_all(&reply.encode())
+                        .context("writing the reply")?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
             let reply = svc.answer(request);
             std::io::stdout().write_all(&reply.bytes).context("writing the reply")?;
             Ok(ExitCode::SUCCESS)

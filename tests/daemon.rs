@@ -447,3 +447,39 @@ fn a_connection_that_sends_no_header_is_cut_off_at_the_header_deadline() {
         String::from_utf8_lossy(&reply)
     );
 }
+
+/// Hardening item 1: a deny added in a directory named by `!include-dir`
+/// takes effect on the daemon's next call.
+#[test]
+fn a_deny_added_in_an_included_directory_takes_effect_at_once() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    env.write_policy(
+        "30-t.policy",
+        &format!(
+            "!include-dir {}\nadmin.vm.device.pci.Available * mgmt @adminvm allow target=dom0\n",
+            outside.display()
+        ),
+    );
+    let d = Daemon::start(&env, &[], &[]);
+    let header = "admin.vm.device.pci.Available mgmt keyword adminvm";
+    assert!(sock_call(&d.socket, header, b"").unwrap().starts_with(b"0\0"));
+    std::thread::sleep(Duration::from_millis(300)); // the cache keeps the parsed policy now
+    assert!(sock_call(&d.socket, header, b"").unwrap().starts_with(b"0\0"));
+    std::fs::write(
+        outside.join("10-deny.policy"),
+        "admin.vm.device.pci.Available * mgmt @adminvm deny\n",
+    )
+    .unwrap();
+    let got = sock_call(&d.socket, header, b"").unwrap();
+    assert!(
+        got.starts_with(b"2\0QubesVMNotFoundError\0"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // And an edit of that file, back to allow, too.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(outside.join("10-deny.policy"), "# nothing\n").unwrap();
+    assert!(sock_call(&d.socket, header, b"").unwrap().starts_with(b"0\0"));
+}

@@ -185,12 +185,28 @@ impl Reply {
     }
 }
 
-/// `2\0NAME\0\0MESSAGE\0`: the message never carries NUL (it would cut the
-/// frame), and `%` is doubled because the client formats the message with
-/// `%` before showing it.
+/// `2\0NAME\0\0MESSAGE\0`: control characters in the message (NUL, which
+/// would cut the frame, newlines, escape sequences, which would drive the
+/// caller's terminal) are written as `\xNN`, and `%` is doubled because the
+/// client formats the message with `%` before showing it.
 fn error_bytes(name: &str, message: &str) -> Vec<u8> {
-    let message = message.replace('\0', " ").replace('%', "%%");
+    let message = escape_controls(message).replace('%', "%%");
     format!("2\0{name}\0\0{message}\0").into_bytes()
+}
+
+/// `text` with every control character (C0, DEL, C1) written as `\xNN`:
+/// for text that may carry bytes from a qube, before it goes into a reply
+/// or a log line. Printable text, non-ASCII included, is kept.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -224,7 +240,11 @@ mod tests {
         );
         assert_eq!(
             Reply::error(ExceptionKind::QubesException, "100% a\0b").encode(),
-            b"2\0QubesException\0\x00100%% a b\0"
+            b"2\0QubesException\0\x00100%% a\\x00b\0"
+        );
+        assert_eq!(
+            Reply::error(ExceptionKind::QubesValueError, "x \u{1b}[2J\nFAKE \u{9b}é").encode(),
+            "2\0QubesValueError\0\0x \\x1b[2J\\x0aFAKE \\x9bé\0".as_bytes()
         );
     }
 

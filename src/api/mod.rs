@@ -360,7 +360,18 @@ impl Service {
             ),
             Err(e) => {
                 let kind = e.kind().name();
-                tracing::warn!(method, source, target, arg, protocol = proto, decision = kind, duration_us = micros, error = %e, "call");
+                let error = qubes_pci_rpc::reply::escape_controls(&e.to_string());
+                tracing::warn!(
+                    method,
+                    source,
+                    target,
+                    arg,
+                    protocol = proto,
+                    decision = kind,
+                    duration_us = micros,
+                    error,
+                    "call"
+                );
             }
         }
         (result, concerns)

@@ -11,6 +11,12 @@ pub const COMPAT_DIR: &str = "/etc/qubes-rpc/policy";
 
 /// How deep includes may nest; deeper is reported as an include loop.
 const MAX_DEPTH: usize = 32;
+/// The most file loads one policy may take (includes of includes count
+/// each time): a chain of files that each include the next one twice is
+/// exponential within the depth bound.
+pub const MAX_LOADS: usize = 4096;
+/// The most rules one policy may have.
+pub const MAX_RULES: usize = 500_000;
 
 /// A policy that cannot be loaded: file and line where known.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -300,8 +306,9 @@ pub fn parse_action(action: &str, params: &[&str], target: &Token) -> Result<Act
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     pub rules: Vec<Rule>,
-    /// Every file read to build it (includes too), for knowing when it is
-    /// out of date.
+    /// Every file read and every directory listed to build it (includes,
+    /// `!include-dir` directories and the `!compat-4.0` directory too), for
+    /// knowing when it is out of date.
     pub files: Vec<PathBuf>,
 }
 
@@ -309,6 +316,8 @@ struct Loader<'a> {
     fs: &'a dyn PolicyFs,
     rules: Vec<Rule>,
     files: Vec<PathBuf>,
+    /// Files loaded so far (see [`MAX_LOADS`]).
+    loads: usize,
     stack: Vec<PathBuf>,
     compat_dir: PathBuf,
 }
@@ -366,6 +375,7 @@ impl Policy {
             fs,
             rules: Vec::new(),
             files: Vec::new(),
+            loads: 0,
             stack: Vec::new(),
             compat_dir: compat_dir.to_owned(),
         };
@@ -385,6 +395,7 @@ impl Policy {
             fs,
             rules: Vec::new(),
             files: Vec::new(),
+            loads: 0,
             stack: Vec::new(),
             compat_dir: compat_dir.to_owned(),
         };
@@ -425,11 +436,23 @@ impl Loader<'_> {
                 "include loop: the file includes itself, directly or indirectly".to_owned(),
             ));
         }
+        self.loads += 1;
+        if self.loads > MAX_LOADS {
+            return Err(err(
+                None,
+                format!(
+                    "the policy loads more than {MAX_LOADS} files: an !include chain that includes files \
+                     several times grows exponentially; include each file once"
+                ),
+            ));
+        }
         let text = self
             .fs
             .read(path)
             .map_err(|e| err(None, format!("failed to read policy file: {e}")))?;
-        self.files.push(path.to_owned());
+        if !self.files.iter().any(|f| f == path) {
+            self.files.push(path.to_owned());
+        }
         self.stack.push(path.to_owned());
         let result = self.load_lines(&text, &file, policy_dir, service);
         self.stack.pop();
@@ -546,6 +569,9 @@ impl Loader<'_> {
         file: &str,
         lineno: usize,
     ) -> Result<(), String> {
+        if self.rules.len() >= MAX_RULES {
+            return Err(format!("the policy has more than {MAX_RULES} rules"));
+        }
         let source = Token::parse(source, Ctx::Source)?;
         let target = Token::parse(target, Ctx::Target)?;
         let action = parse_action(action, params, &target)?;
@@ -603,6 +629,10 @@ impl Loader<'_> {
 
     fn include_dir(&mut self, policy_dir: &Path, path: &str) -> Result<(), String> {
         let dir = self.fs.resolve(policy_dir, path);
+        // Watched as it is: a file added to it changes the policy.
+        if !self.files.contains(&dir) {
+            self.files.push(dir.clone());
+        }
         if !self.fs.is_dir(&dir) {
             return Err(format!("not a directory: {path}"));
         }
@@ -628,6 +658,10 @@ impl Loader<'_> {
     /// service and argument, a specific argument followed by two deny rules.
     fn compat(&mut self) -> Result<(), String> {
         let compat_dir = self.compat_dir.clone();
+        // Watched whether it exists or not: creating it changes the policy.
+        if !self.files.contains(&compat_dir) {
+            self.files.push(compat_dir.clone());
+        }
         let Ok(names) = self.fs.list(&compat_dir) else {
             return Ok(());
         };

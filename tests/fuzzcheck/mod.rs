@@ -180,7 +180,11 @@ pub fn native_frame(data: &[u8]) {
 /// What qubesd answers, as the front door and the client read it.
 pub fn qubesd_reply(data: &[u8]) {
     if let Some(r) = Reply::decode(data) {
-        assert_eq!(Reply::decode(&r.encode()), Some(r.clone()), "reply round trip");
+        // Encoding escapes control characters, so its output is a fixed point.
+        let once = r.encode();
+        let again = Reply::decode(&once).expect("an encoded reply decodes");
+        assert_eq!(again.encode(), once, "reply round trip");
+        assert_eq!(again.exception_name(), r.exception_name());
     }
     if let Some(Answer::Refused { name, .. }) = Answer::parse(data) {
         assert!(qubes_pci_rpc::reply::is_exception_name(&name));
