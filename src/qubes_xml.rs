@@ -48,8 +48,8 @@ impl Entry {
     }
 
     /// The entry as qubesd lists it in `Assigned`; `None` when its ids are
-    /// not a dom0 PCI device's (qubesd lists those too; they cannot name a
-    /// device here, and are logged).
+    /// not a dom0 PCI device's or its options cannot be listed (qubesd
+    /// lists those too; they cannot name a device here, and are logged).
     pub fn to_assignment(&self) -> Option<Assignment> {
         let device = DeviceRef {
             backend: QubeName::parse(&self.backend).ok()?,
@@ -62,12 +62,17 @@ impl Entry {
                 d => Wild::Is(DeviceId::parse(d).ok()?),
             },
         };
-        Some(Assignment {
+        let a = Assignment {
             device,
             frontend: Some(QubeName::parse(&self.qube).ok()?),
             mode: self.mode()?,
             options: self.options.clone(),
-        })
+        };
+        // An option whose name or value cannot be written in a listing
+        // (found by fuzzing: a name with non-ASCII bytes) makes the entry
+        // unlistable, not the whole listing.
+        a.serialize().ok()?;
+        Some(a)
     }
 
     /// What the options do once qubesd renders them: upstream turns an
@@ -230,6 +235,21 @@ mod tests {
             "a stored False is on once qubesd renders it"
         );
         assert_eq!(r[1].device_id, Wild::Any);
+    }
+
+    /// Found by fuzzing: an option name with non-ASCII bytes made the whole
+    /// listing fail; the entry is left out instead.
+    #[test]
+    fn an_unlistable_entry_is_left_out() {
+        let x = QubesXml::parse(
+            "<qubes><domains><domain><properties><property name=\"name\">w</property></properties>\
+             <devices class=\"pci\"><device backend-domain=\"dom0\" id=\"00_14.0\"><option name=\"n\u{fffd}\">True</option></device>\
+             <device backend-domain=\"dom0\" id=\"00_1f.6\"/></devices></domain></domains></qubes>",
+        )
+        .unwrap();
+        let listed = x.assigned_to("w");
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].to_line().unwrap().contains("00_1f.6"));
     }
 
     #[test]
