@@ -65,6 +65,11 @@ impl Assignment {
             props::pack(&mut out, "frontend_domain", f.as_str())?;
         }
         for (k, v) in &self.options {
+            // `_` alone would read back as a plain property, not an option
+            // (found by fuzzing qubes.xml: `<option name="">`).
+            if k.is_empty() {
+                return Err(DecodeError::InvalidPropertyName("_".to_owned()));
+            }
             props::pack(&mut out, &format!("_{k}"), v)?;
         }
         Ok(out)
