@@ -155,6 +155,10 @@ impl QubesXml {
                     let value = opt.text().unwrap_or_default().to_owned();
                     if key == "identity" {
                         identity = Some(value);
+                    } else if let Some(slot) = options.iter_mut().find(|(k, _)| *k == key) {
+                        // As qubesd loads them (a dict): the last one wins,
+                        // in the first one's place (found by fuzzing).
+                        slot.1 = value;
                     } else {
                         options.push((key, value));
                     }
@@ -235,6 +239,22 @@ mod tests {
             "a stored False is on once qubesd renders it"
         );
         assert_eq!(r[1].device_id, Wild::Any);
+    }
+
+    /// Found by fuzzing: a repeated option read as two, which no listing can
+    /// carry; qubesd keeps the last value.
+    #[test]
+    fn a_repeated_option_keeps_the_last_value() {
+        let x = QubesXml::parse(
+            "<qubes><domains><domain><properties><property name=\"name\">w</property></properties>\
+             <devices class=\"pci\"><device backend-domain=\"dom0\" id=\"00_14.0\"><option name=\"a\">1</option>\
+             <option name=\"b\">2</option><option name=\"a\">3</option></device></devices></domain></domains></qubes>",
+        )
+        .unwrap();
+        assert_eq!(
+            x.entries[0].options,
+            vec![("a".to_owned(), "3".to_owned()), ("b".to_owned(), "2".to_owned())]
+        );
     }
 
     /// Found by fuzzing: an option name with non-ASCII bytes made the whole
