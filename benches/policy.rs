@@ -76,6 +76,15 @@ fn main() {
     }
 
     let dirs = vec![dir.path().to_owned()];
+    if std::env::var_os("POLICY_BENCH_PARSE_ONLY").is_some() {
+        // For profiling the loader alone.
+        let t = Instant::now();
+        for _ in 0..200 {
+            std::hint::black_box(Policy::load_dirs(&dirs).unwrap());
+        }
+        println!("{:.2} ms per load", t.elapsed().as_secs_f64() * 1e3 / 200.0);
+        return;
+    }
     let mut parse_times = Vec::new();
     let mut policy = None;
     for _ in 0..5 {
@@ -112,6 +121,26 @@ fn main() {
         }
     }
     let eval_total = t.elapsed();
+    for (label, pick) in [("include-service (500 candidates)", 0usize), ("per-service rules", 1)] {
+        let sel: Vec<&PolicyRequest> = requests
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (i % 4 == 0) == (pick == 0))
+            .map(|(_, r)| r)
+            .collect();
+        let t = Instant::now();
+        let mut asks = 0;
+        for r in &sel {
+            if let Ok(qubes_pci_admin::policy::Resolution::Ask(_)) = policy.evaluate(r, &system) {
+                asks += 1;
+            }
+        }
+        println!(
+            "  {label}: {} requests, {:.2} us/request, {asks} asks",
+            sel.len(),
+            t.elapsed().as_secs_f64() * 1e6 / sel.len() as f64
+        );
+    }
     println!(
         "policy bench: {} rules ({} files + {} includes), {QUBES} qubes",
         policy.rules.len(),

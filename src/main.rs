@@ -121,16 +121,25 @@ enum Command {
 pub(crate) enum PolicyCommand {
     /// Evaluate one request. Exit status: 0 allow, 1 deny, 3 ask, 2 when
     /// the command itself could not run.
+    #[command(group(clap::ArgGroup::new("what").args(["batch", "source"]).required(true)))]
     Eval {
         /// One JSON object on stdout instead of key=value lines.
         #[arg(long)]
         json: bool,
+        /// Evaluate many requests with one policy load: JSON lines on
+        /// stdin ({"source", "target", "service"}, with +ARG in service),
+        /// one decision per line on stdout (the --json object). Exit 0 when
+        /// every line was evaluated, 2 when a line is not such an object.
+        #[arg(long, conflicts_with_all = ["json", "source", "target", "service"])]
+        batch: bool,
         /// The calling qube.
-        source: String,
+        source: Option<String>,
         /// The requested target (a qube, @adminvm, @default, @dispvm…).
-        target: String,
+        #[arg(requires = "source")]
+        target: Option<String>,
         /// SERVICE[+ARG]
-        service: String,
+        #[arg(requires = "target")]
+        service: Option<String>,
     },
     /// Load the policy; on errors print FILE:LINE: message and exit 1.
     Lint,

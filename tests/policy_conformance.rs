@@ -78,12 +78,12 @@ fn check_rule(rule: &qubes_pci_admin::policy::parser::Rule, want: &Value) -> Res
     let tok = |t: Option<&Token>| t.map_or(Value::Null, |t| Value::String(t.to_string()));
     for (k, v) in w {
         let got = match k.as_str() {
-            "service" => Value::String(rule.service.clone().unwrap_or_else(|| "*".into())),
-            "argument" => Value::String(rule.argument.clone().unwrap_or_else(|| "*".into())),
+            "service" => Value::String(rule.service.as_deref().unwrap_or("*").into()),
+            "argument" => Value::String(rule.argument.as_deref().unwrap_or("*").into()),
             "source" => Value::String(rule.source.to_string()),
             "target" => Value::String(rule.target.to_string()),
             "action" => Value::String(rule.action.name().into()),
-            "file" => Value::String(rule.file.clone()),
+            "file" => Value::String(rule.file.to_string()),
             "lineno" => Value::from(rule.lineno),
             "params" => {
                 for (pk, pv) in v.as_object().unwrap() {

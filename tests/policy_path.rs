@@ -224,3 +224,52 @@ fn shipped_policy_routes_each_method_by_its_class() {
         assert_eq!(fields, ["!include-service", m.name().as_str(), "*", include], "{m}");
     }
 }
+
+/// `policy eval --batch`: one decision per JSON line, the same object as
+/// `--json` gives for each request alone, and exit 2 on a line that is not
+/// a request.
+#[test]
+fn policy_eval_batch_answers_each_line_as_eval_json_does() {
+    let env = env_with_grants("mgmt @tag:created-by-mgmt allow target=dom0\n");
+    env.write_policy("30-user.policy", "test.Svc * work @anyvm ask default_target=sys-net\n");
+    let requests = [
+        ("mgmt", "work", "admin.vm.device.pci.Assign+dom0+00_14.0"),
+        ("work", "sys-net", "test.Svc"),
+        ("work", "@dispvm:work", "test.Svc"),
+        ("mgmt", "sys-net", "admin.vm.device.pci.Assign+dom0+00_14.0"),
+    ];
+    let input: String = requests
+        .iter()
+        .map(|(s, t, svc)| format!("{}\n", serde_json::json!({"source": s, "target": t, "service": svc})))
+        .collect();
+    let mut c = std::process::Command::new(BIN);
+    c.env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .envs(env.envs())
+        .args(["policy", "eval", "--batch"]);
+    let out = common::run(c, input.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), requests.len());
+    for ((s, t, svc), got) in requests.iter().zip(&lines) {
+        let one = cli(&env, &["policy", "eval", "--json", s, t, svc]);
+        let want: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+        assert_eq!(got, &want, "{s} {t} {svc}");
+    }
+    assert_eq!(lines[0]["result"], "allow");
+    assert_eq!(lines[1]["result"], "ask");
+    assert_eq!(lines[3]["result"], "deny");
+
+    let mut c = std::process::Command::new(BIN);
+    c.env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .envs(env.envs())
+        .args(["policy", "eval", "--batch"]);
+    let out = common::run(c, b"{\"source\": \"mgmt\"}\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+}

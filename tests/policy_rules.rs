@@ -46,7 +46,7 @@ fn first_match_wins_across_includes() {
     let sys = system();
     let req = PolicyRequest::new("svc+arg", "vm1", "vm2", None, &sys).unwrap();
     assert_eq!(p.find_rule(&req, &sys), Some(0));
-    assert_eq!(p.rules[1].file, "inc");
+    assert_eq!(&*p.rules[1].file, "inc");
 }
 
 #[test]

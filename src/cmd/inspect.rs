@@ -26,12 +26,20 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         },
+        PolicyCommand::Eval { batch: true, .. } => {
+            let system = svc.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            eval_batch(&loaded, &system)
+        }
         PolicyCommand::Eval {
             json,
             source,
             target,
             service,
+            ..
         } => {
+            let (Some(source), Some(target), Some(service)) = (source, target, service) else {
+                anyhow::bail!("policy eval needs SOURCE TARGET SERVICE[+ARG], or --batch");
+            };
             let system = svc.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
             let eval = Evaluation::run(&loaded, &system, &source, &target, &service);
             let mut out = std::io::stdout().lock();
@@ -44,6 +52,47 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(eval.exit_code(&system)))
         }
     }
+}
+
+/// One request of `policy eval --batch`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    source: String,
+    target: String,
+    service: String,
+}
+
+/// `policy eval --batch`: one load, then a decision per input line.
+fn eval_batch(
+    loaded: &Result<qubes_pci_admin::policy::Policy, qubes_pci_admin::policy::PolicyError>,
+    system: &qubes_pci_admin::policy::System,
+) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (n, line) in stdin.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: BatchRequest = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                out.flush()?;
+                eprintln!(
+                    "qubes-pci-admin: stdin line {}: expected {{\"source\", \"target\", \"service\"}}: {e}",
+                    n + 1
+                );
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let eval = qubes_pci_admin::policy::Evaluation::run(loaded, system, &req.source, &req.target, &req.service);
+        serde_json::to_writer(&mut out, &eval.to_json(system))?;
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {

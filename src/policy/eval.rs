@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use super::parser::{Action, Policy, Rule};
-use super::token::{default_dispvm, is_dom0, match_strings, Ctx, Token};
+use super::targets::{Mask, Universe};
+use super::token::{default_dispvm, is_dom0, match_strings, Ctx, Subject, Token};
 use super::System;
 
 /// Why a call is denied; `notify` says whether the GUI would be told.
@@ -137,10 +138,10 @@ pub struct Ask {
     pub rule: String,
 }
 
-fn rule_matches_but_target(rule: &Rule, req: &PolicyRequest, system: &System) -> bool {
-    rule.service.as_ref().is_none_or(|s| *s == req.service)
-        && rule.argument.as_ref().is_none_or(|a| *a == req.argument)
-        && rule.source.matches_source(&req.source, system)
+fn rule_matches_but_target(rule: &Rule, req: &PolicyRequest, source: &Subject, system: &System) -> bool {
+    rule.service.as_deref().is_none_or(|s| s == req.service)
+        && rule.argument.as_deref().is_none_or(|a| a == req.argument)
+        && rule.source.matches_source_subject(source, system)
 }
 
 /// `autostart=no`: the target must be dom0 or already running.
@@ -155,11 +156,17 @@ fn running_or_dom0(target: &str, system: &System) -> bool {
 }
 
 impl Policy {
+    /// The rules that can match the request's service and argument, in
+    /// policy order (from the index: no other rule is looked at).
     /// The index of the first rule matching the request.
     pub fn find_rule(&self, req: &PolicyRequest, system: &System) -> Option<usize> {
-        self.rules
-            .iter()
-            .position(|r| rule_matches_but_target(r, req, system) && r.target.matches(&req.target, system, &req.source))
+        let source = Subject::new(&req.source, system);
+        let target = Subject::new(&req.target, system);
+        self.index.candidates(&req.service, &req.argument, &source).find(|&i| {
+            self.rules.get(i).is_some_and(|r| {
+                rule_matches_but_target(r, req, &source, system) && r.target.matches_subject(&target, system, &source)
+            })
+        })
     }
 
     pub fn evaluate(&self, req: &PolicyRequest, system: &System) -> Result<Resolution, Denied> {
@@ -271,20 +278,29 @@ impl Policy {
     /// The targets an `ask` offers: the whole policy, walked from the end;
     /// a deny removes what its target stands for, allow and ask add it.
     pub fn collect_targets_for_ask(&self, req: &PolicyRequest, system: &System) -> BTreeSet<String> {
-        let mut set = BTreeSet::new();
-        for rule in self.rules.iter().rev() {
-            if !rule_matches_but_target(rule, req, system) {
+        let mut universe = Universe::new(system);
+        let mut set = Mask::default();
+        let source = Subject::new(&req.source, system);
+        let numbers: Vec<usize> = self.index.candidates(&req.service, &req.argument, &source).collect();
+        let tokens = self.index.tokens();
+        for &i in numbers.iter().rev() {
+            let Some(rule) = self.rules.get(i) else { continue };
+            if !rule_matches_but_target(rule, req, &source, system) {
                 continue;
             }
-            let token = rule.action.redirect().unwrap_or(&rule.target);
-            let expanded = token.expand(system);
+            let Some((id, token)) = self.index.ask_token(i).and_then(|id| Some((id, tokens.get(id)?))) else {
+                continue;
+            };
+            let expanded = universe.mask_numbered(id, token);
             match rule.action {
-                Action::Deny { .. } => set.retain(|t| !expanded.contains(t)),
-                _ => set.extend(expanded),
+                Action::Deny { .. } => set.remove(expanded),
+                _ => set.add(expanded),
             }
         }
         let default = default_dispvm(system, &req.source);
-        set.into_iter()
+        universe
+            .names(&set)
+            .into_iter()
             .filter_map(|t| match t.as_str() {
                 "@dispvm" => default.as_ref().map(|d| format!("@dispvm:{d}")),
                 "@adminvm" => Some("dom0".to_owned()),

@@ -3,7 +3,9 @@
 //! load denies everything.
 
 pub mod eval;
+pub mod index;
 pub mod parser;
+pub mod targets;
 pub mod token;
 
 use std::sync::Arc;

@@ -1,9 +1,13 @@
 //! Loading policy files into one flat, ordered rule list.
 
 use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::index::RuleIndex;
 use super::token::{Ctx, Token};
 
 /// The legacy (R4.0) per-service policy directory, for `!compat-4.0`.
@@ -162,13 +166,14 @@ impl Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// `None` is `*`.
-    pub service: Option<String>,
+    pub service: Option<Arc<str>>,
     /// `None` is `*`; otherwise starts with `+`.
-    pub argument: Option<String>,
+    pub argument: Option<Arc<str>>,
     pub source: Token,
     pub target: Token,
     pub action: Action,
-    pub file: String,
+    /// Shared by every rule of the file.
+    pub file: Arc<str>,
     pub lineno: usize,
 }
 
@@ -215,6 +220,34 @@ impl fmt::Display for Rule {
     }
 }
 
+/// The whitespace-separated fields of a line, as Python's `str.split()`
+/// with no argument gives them for the characters Rust counts as
+/// whitespace; ASCII lines (nearly all) take a byte-wise fast path.
+fn fields(line: &str) -> Vec<&str> {
+    if line.is_ascii() {
+        let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+        let mut out = Vec::with_capacity(8);
+        let bytes = line.as_bytes();
+        let mut start = None;
+        for (i, b) in bytes.iter().enumerate() {
+            match (space(b), start) {
+                (true, Some(s)) => {
+                    out.extend(line.get(s..i));
+                    start = None;
+                }
+                (false, None) => start = Some(i),
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.extend(line.get(s..));
+        }
+        out
+    } else {
+        line.split_whitespace().collect()
+    }
+}
+
 fn rpcname_ok(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_'))
@@ -247,16 +280,27 @@ fn yes_no(key: &str, v: &str) -> Result<bool, String> {
     }
 }
 
+/// An action's `KEY=VALUE` parameters, in the order given (a rule has a
+/// handful at most).
+struct Params<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Params<'a> {
+    fn get(&self, key: &str) -> Option<&&'a str> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
 /// Parses `ACTION [PARAM=VALUE …]` for a rule whose TARGET column is `target`.
 pub fn parse_action(action: &str, params: &[&str], target: &Token) -> Result<Action, String> {
-    let mut given: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut given = Params(Vec::with_capacity(params.len()));
     for p in params {
         let (k, v) = p
             .split_once('=')
             .ok_or_else(|| format!("invalid action parameter syntax: {p:?}"))?;
-        if given.insert(k, v).is_some() {
+        if given.get(k).is_some() {
             return Err(format!("parameter given twice: {k}"));
         }
+        given.0.push((k, v));
     }
     let allowed: &[&str] = match action {
         "deny" => &["notify"],
@@ -264,7 +308,13 @@ pub fn parse_action(action: &str, params: &[&str], target: &Token) -> Result<Act
         "ask" => &["target", "default_target", "user", "notify", "autostart"],
         other => return Err(format!("invalid action: {other:?}")),
     };
-    let unknown: Vec<&str> = given.keys().copied().filter(|k| !allowed.contains(k)).collect();
+    let mut unknown: Vec<&str> = given
+        .0
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| !allowed.contains(k))
+        .collect();
+    unknown.sort_unstable();
     if !unknown.is_empty() {
         return Err(format!("invalid parameters for action {action}: {unknown:?}"));
     }
@@ -306,6 +356,8 @@ pub fn parse_action(action: &str, params: &[&str], target: &Token) -> Result<Act
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     pub rules: Vec<Rule>,
+    /// The rules by service and argument, for evaluation.
+    pub index: RuleIndex,
     /// Every file read and every directory listed to build it (includes,
     /// `!include-dir` directories and the `!compat-4.0` directory too), for
     /// knowing when it is out of date.
@@ -320,6 +372,39 @@ struct Loader<'a> {
     loads: usize,
     stack: Vec<PathBuf>,
     compat_dir: PathBuf,
+    /// One shared copy of each service, argument and file name.
+    names: HashMap<String, Arc<str>>,
+}
+
+impl<'a> Loader<'a> {
+    fn new(fs: &'a dyn PolicyFs, compat_dir: &Path) -> Loader<'a> {
+        Loader {
+            fs,
+            rules: Vec::new(),
+            files: Vec::new(),
+            loads: 0,
+            stack: Vec::new(),
+            compat_dir: compat_dir.to_owned(),
+            names: HashMap::default(),
+        }
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.names.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.names.insert(s.to_owned(), a.clone());
+        a
+    }
+
+    fn finish(self) -> Policy {
+        Policy {
+            index: RuleIndex::build(&self.rules),
+            rules: self.rules,
+            files: self.files,
+        }
+    }
 }
 
 /// Whether a file in a policy directory counts, and whether its name is valid.
@@ -371,40 +456,20 @@ impl Policy {
                 }
             }
         }
-        let mut loader = Loader {
-            fs,
-            rules: Vec::new(),
-            files: Vec::new(),
-            loads: 0,
-            stack: Vec::new(),
-            compat_dir: compat_dir.to_owned(),
-        };
+        let mut loader = Loader::new(fs, compat_dir);
         for path in by_name.values() {
             let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
             loader.load_file(path, &dir, None)?;
         }
-        Ok(Policy {
-            rules: loader.rules,
-            files: loader.files,
-        })
+        Ok(loader.finish())
     }
 
     /// Loads one entry file (`__main__` style) from any filesystem.
     pub fn load_entry(fs: &dyn PolicyFs, entry: &Path, compat_dir: &Path) -> Result<Policy, PolicyError> {
-        let mut loader = Loader {
-            fs,
-            rules: Vec::new(),
-            files: Vec::new(),
-            loads: 0,
-            stack: Vec::new(),
-            compat_dir: compat_dir.to_owned(),
-        };
+        let mut loader = Loader::new(fs, compat_dir);
         let dir = entry.parent().unwrap_or(Path::new("")).to_owned();
         loader.load_file(entry, &dir, None)?;
-        Ok(Policy {
-            rules: loader.rules,
-            files: loader.files,
-        })
+        Ok(loader.finish())
     }
 
     /// Parses policy text given directly (one file).
@@ -467,7 +532,11 @@ impl Loader<'_> {
         service: Option<(&Option<String>, &Option<String>)>,
     ) -> Result<(), PolicyError> {
         // Python's universal newlines: "\r\n", "\r" and "\n" all end a line.
-        let text = text.replace("\r\n", "\n").replace('\r', "\n");
+        let text = if text.contains('\r') {
+            std::borrow::Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        };
         for (i, raw) in text.split('\n').enumerate() {
             let lineno = i + 1;
             let line = raw.trim();
@@ -504,7 +573,7 @@ impl Loader<'_> {
     }
 
     fn new_syntax_line(&mut self, line: &str, file: &str, lineno: usize, policy_dir: &Path) -> Result<(), String> {
-        let fields: Vec<&str> = line.split_whitespace().collect();
+        let fields = fields(line);
         if line.starts_with('!') {
             let (directive, params) = fields.split_first().ok_or("empty directive")?;
             let count = |n: usize| {
@@ -575,13 +644,16 @@ impl Loader<'_> {
         let source = Token::parse(source, Ctx::Source)?;
         let target = Token::parse(target, Ctx::Target)?;
         let action = parse_action(action, params, &target)?;
+        let service = service.map(|s| self.intern(&s));
+        let argument = argument.map(|a| self.intern(&a));
+        let file = self.intern(file);
         self.rules.push(Rule {
             service,
             argument,
             source,
             target,
             action,
-            file: file.to_owned(),
+            file,
             lineno,
         });
         Ok(())
@@ -596,11 +668,16 @@ impl Loader<'_> {
         svc: &Option<String>,
         arg: &Option<String>,
     ) -> Result<(), String> {
-        let line = line
-            .replace("$include:", "!include ")
-            .replace('$', "@")
-            .replace(',', " ");
-        let fields: Vec<&str> = line.split_whitespace().collect();
+        let line = if line.contains(['$', ',']) {
+            std::borrow::Cow::Owned(
+                line.replace("$include:", "!include ")
+                    .replace('$', "@")
+                    .replace(',', " "),
+            )
+        } else {
+            std::borrow::Cow::Borrowed(line)
+        };
+        let fields = fields(&line);
         if line.starts_with('!') {
             return match fields.as_slice() {
                 ["!include", path] => self.include(policy_dir, path, Some((svc, arg))),
@@ -686,11 +763,13 @@ impl Loader<'_> {
             self.load_file(&path, &compat_dir, Some((&svc, &arg)))
                 .map_err(|e| format!("in legacy policy: {e}"))?;
             if arg.is_some() {
-                let file = path.display().to_string();
+                let file = self.intern(&path.display().to_string());
+                let service = svc.as_deref().map(|s| self.intern(s));
+                let argument = arg.as_deref().map(|a| self.intern(a));
                 for target in [Token::AnyVm, Token::AdminVm] {
                     self.rules.push(Rule {
-                        service: svc.clone(),
-                        argument: arg.clone(),
+                        service: service.clone(),
+                        argument: argument.clone(),
                         source: Token::AnyVm,
                         target,
                         action: Action::Deny { notify: true },

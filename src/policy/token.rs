@@ -102,32 +102,43 @@ impl Token {
     /// Matches this rule token against a request value (the source, or the
     /// normalized target), for a call from `source`.
     pub fn matches(&self, other: &str, system: &System, source: &str) -> bool {
+        self.matches_subject(&Subject::new(other, system), system, &Subject::new(source, system))
+    }
+
+    /// [`Token::matches`] with the value's system entry already looked up.
+    pub fn matches_subject(&self, other: &Subject, system: &System, source: &Subject) -> bool {
         match self {
-            Token::Literal(l) if is_dom0(l) => is_dom0(other),
-            Token::AdminVm => is_dom0(other),
-            Token::Literal(l) => match_strings(l, other, system),
+            Token::Literal(l) if is_dom0(l) => other.dom0,
+            Token::AdminVm => other.dom0,
+            Token::Literal(l) => {
+                l == other.value
+                    || ((l.starts_with("uuid:") || other.value.starts_with("uuid:"))
+                        && match (system.get(l), other.entry) {
+                            (Some((na, _)), Some((nb, _))) => na == nb,
+                            _ => false,
+                        })
+            }
             Token::Star => true,
-            Token::AnyVm => !is_dom0(other),
-            Token::Tag(t) => system.get(other).is_some_and(|(_, d)| d.tags.iter().any(|x| x == t)),
-            Token::Type(t) => system.get(other).is_some_and(|(_, d)| d.klass.as_deref() == Some(t)),
-            Token::Default => other == "@default",
-            Token::DispVm => other == "@dispvm",
+            Token::AnyVm => !other.dom0,
+            Token::Tag(t) => other.entry.is_some_and(|(_, d)| d.tags.iter().any(|x| x == t)),
+            Token::Type(t) => other.entry.is_some_and(|(_, d)| d.klass.as_deref() == Some(t)),
+            Token::Default => other.value == "@default",
+            Token::DispVm => other.value == "@dispvm",
             Token::DispVmTemplate(x) => {
-                if let Some(y) = other.strip_prefix("@dispvm:") {
+                if let Some(y) = other.value.strip_prefix("@dispvm:") {
                     return match_strings(x, y, system);
                 }
-                other == "@dispvm"
-                    && default_dispvm(system, source).is_some_and(|d| format!("@dispvm:{d}") == self.to_string())
+                other.value == "@dispvm" && source.default_dispvm() == Some(x.as_str())
             }
             Token::DispVmTag(t) => {
-                let template = match other.strip_prefix("@dispvm:") {
-                    Some(y) => Some(y.to_owned()),
-                    None if other == "@dispvm" => default_dispvm(system, source),
+                let template = match other.value.strip_prefix("@dispvm:") {
+                    Some(y) => Some(y),
+                    None if other.value == "@dispvm" => source.default_dispvm(),
                     None => None,
                 };
                 template.is_some_and(|y| {
                     system
-                        .get(&y)
+                        .get(y)
                         .is_some_and(|(_, d)| d.template_for_dispvms == Some(true) && d.tags.iter().any(|x| x == t))
                 })
             }
@@ -137,9 +148,14 @@ impl Token {
     /// Matches a source column token against the calling qube. `@dispvm:…`
     /// tokens parse in this column but never match a source.
     pub fn matches_source(&self, source: &str, system: &System) -> bool {
+        self.matches_source_subject(&Subject::new(source, system), system)
+    }
+
+    /// [`Token::matches_source`] with the source looked up once.
+    pub fn matches_source_subject(&self, source: &Subject, system: &System) -> bool {
         match self {
             Token::DispVmTemplate(_) | Token::DispVmTag(_) => false,
-            t => t.matches(source, system, source),
+            t => t.matches_subject(source, system, source),
         }
     }
 
@@ -196,6 +212,38 @@ impl Token {
                 out
             }
         }
+    }
+}
+
+/// A request value (its source or target) with its system entry looked up
+/// once, for matching it against many rules.
+pub struct Subject<'a> {
+    pub value: &'a str,
+    entry: Option<(&'a str, &'a crate::sysinfo::DomainInfo)>,
+    dom0: bool,
+}
+
+impl<'a> Subject<'a> {
+    pub fn new(value: &'a str, system: &'a System) -> Subject<'a> {
+        Subject {
+            value,
+            entry: system.get(value),
+            dom0: is_dom0(value),
+        }
+    }
+
+    /// The qube's name (resolved from `uuid:…`) and tags; for an unknown
+    /// qube the value itself and no tags.
+    pub fn name_and_tags(&self) -> (&'a str, &'a [String]) {
+        match self.entry {
+            Some((n, d)) => (n, &d.tags),
+            None => (self.value, &[]),
+        }
+    }
+
+    /// The qube's default DispVM template, if it has one.
+    pub fn default_dispvm(&self) -> Option<&'a str> {
+        self.entry.and_then(|(_, d)| d.default_dispvm.as_deref())
     }
 }
 
