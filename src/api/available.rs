@@ -1,7 +1,5 @@
 //! `admin.vm.device.pci.Available`: dom0's PCI devices.
 
-use std::collections::BTreeSet;
-
 use qubes_pci_rpc::{DeviceInfo, PciPath, QubeName};
 
 use super::{Arg, Call, Output, Service};
@@ -18,36 +16,17 @@ pub(super) fn handle(svc: &Service, call: &Call) -> Result<Output, ApiError> {
         return Ok(Output::Devices(Vec::new()));
     }
     let inventory = svc.inventory()?;
-    Ok(Output::Devices(device_infos(
-        &inventory,
-        svc.config.pci_ids.as_deref(),
-        filter,
-    )))
+    let names = svc.pci_names();
+    Ok(Output::Devices(device_infos(&inventory, &names, filter)))
 }
 
 /// The `Available` view of the inventory, optionally of one port.
-pub fn device_infos(
-    inventory: &Inventory,
-    pci_ids: Option<&std::path::Path>,
-    port: Option<&PciPath>,
-) -> Vec<DeviceInfo> {
-    let selected: Vec<&PciDevice> = inventory
+pub fn device_infos(inventory: &Inventory, names: &PciNames, port: Option<&PciPath>) -> Vec<DeviceInfo> {
+    inventory
         .devices
         .iter()
         .filter(|d| port.is_none_or(|p| &d.port == p))
-        .collect();
-    let wanted: BTreeSet<(u16, u16)> = selected
-        .iter()
-        .filter_map(|d| Some((d.vendor?, d.device.unwrap_or_default())))
-        .collect();
-    let names = if selected.is_empty() {
-        None
-    } else {
-        Some(PciNames::load(pci_ids, &wanted))
-    };
-    selected
-        .into_iter()
-        .filter_map(|d| names.as_ref().map(|n| describe(inventory, d, n)))
+        .map(|d| describe(inventory, d, names))
         .collect()
 }
 

@@ -24,7 +24,7 @@ pub use available::{describe, device_infos};
 
 use crate::cache::{self, Cached};
 use crate::error::ApiError;
-use crate::pci::{Inventory, InventoryCache};
+use crate::pci::{Inventory, InventoryCache, PciNames};
 use crate::policy::Policy;
 use crate::qubes_xml::QubesXml;
 use crate::qubesd::{self as qubesd_wire, Qubesd};
@@ -41,6 +41,7 @@ pub struct Service {
     system: Arc<Cached<SystemInfo>>,
     xml: Arc<Cached<QubesXml>>,
     devices: Arc<InventoryCache>,
+    names: Arc<Cached<PciNames>>,
 }
 
 /// What a method answers, before it is encoded for a protocol.
@@ -168,6 +169,7 @@ impl Service {
             system: Arc::default(),
             xml: Arc::default(),
             devices: Arc::default(),
+            names: Arc::default(),
         }
     }
 
@@ -213,6 +215,19 @@ impl Service {
     /// a device it saw before is only what cannot change while it exists).
     pub fn inventory(&self) -> Result<Inventory, ApiError> {
         Ok(Inventory::scan_cached(&self.config.sysfs, &self.devices)?)
+    }
+
+    /// pci.ids, indexed again only when the file changed.
+    pub fn pci_names(&self) -> Arc<PciNames> {
+        let explicit = self.config.pci_ids.as_deref();
+        let files = PciNames::candidates(explicit);
+        let loaded: Result<_, std::convert::Infallible> = self
+            .names
+            .get(|_| cache::stamps(&files, 0), || Ok(PciNames::load(explicit)));
+        match loaded {
+            Ok(n) => n,
+            Err(never) => match never {},
+        }
     }
 
     /// The policy, parsed again only when a file under the policy

@@ -97,7 +97,7 @@ fn eval_batch(
 
 pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
     let inventory = Inventory::scan(&svc.config.sysfs)?;
-    let infos = qubes_pci_admin::api::device_infos(&inventory, svc.config.pci_ids.as_deref(), None);
+    let infos = qubes_pci_admin::api::device_infos(&inventory, &svc.pci_names(), None);
     let fail = |e: qubes_pci_admin::ApiError| anyhow::anyhow!("{}", e.detail());
     let xml = svc.qubes_xml().map_err(fail)?;
     let system = svc.system_info().map_err(fail)?;

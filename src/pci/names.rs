@@ -1,163 +1,217 @@
 //! Vendor, device and class names from pci.ids: the system file when there
-//! is one, otherwise the copy built into the binary (crate `pci-ids`).
+//! is one, otherwise the copy built into the binary (from the `pci-ids`
+//! crate's table, written out as pci.ids text by `build.rs`: one blob, no
+//! relocation per entry, nothing done at start-up).
+//!
+//! A file is read once and indexed in one pass: the index holds the id and
+//! the byte range of each name, sorted, and a lookup is a binary search.
+//! The daemon keeps the index until the file changes.
 
-use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
+use std::borrow::Cow;
+use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 /// Where distributions install pci.ids: Fedora (dom0) first, then Debian.
 pub const SYSTEM_PCI_IDS: [&str; 2] = ["/usr/share/hwdata/pci.ids", "/usr/share/misc/pci.ids"];
 
-/// Names from a pci.ids file, kept only for the ids asked for.
-#[derive(Debug, Default)]
-struct FileNames {
-    vendors: HashMap<u16, String>,
-    devices: HashMap<(u16, u16), String>,
-    classes: HashMap<u8, String>,
-    subclasses: HashMap<(u8, u8), String>,
-}
+/// The built-in copy: vendors, devices, classes and subclasses.
+static BUILTIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pci.ids"));
 
-#[derive(Debug)]
-enum Source {
-    File(Box<FileNames>),
-    Embedded,
-}
+/// The largest pci.ids file read (the real one is about 1.5 MB).
+const MAX_PCI_IDS: u64 = 64 << 20;
 
-/// Name lookups for one call.
+/// An indexed pci.ids.
 #[derive(Debug)]
-pub struct PciNames(Source);
+pub struct PciNames {
+    text: Cow<'static, [u8]>,
+    /// Where it came from: a file, or `None` for the built-in copy.
+    pub origin: Option<PathBuf>,
+    vendors: Vec<(u16, Range<u32>)>,
+    /// Keyed by vendor << 16 | device.
+    devices: Vec<(u32, Range<u32>)>,
+    classes: Vec<(u8, Range<u32>)>,
+    /// Keyed by class << 8 | subclass.
+    subclasses: Vec<(u16, Range<u32>)>,
+}
 
 impl PciNames {
-    /// Loads names for the `(vendor, device)` pairs in `wanted`, from
-    /// `explicit`, else the first system file present, else the built-in copy.
-    pub fn load(explicit: Option<&Path>, wanted: &BTreeSet<(u16, u16)>) -> PciNames {
+    /// `explicit`, else the first system file present, else the built-in
+    /// copy. An explicit file that cannot be read is logged.
+    pub fn load(explicit: Option<&Path>) -> PciNames {
         let candidates: Vec<PathBuf> = match explicit {
             Some(p) => vec![p.to_owned()],
             None => SYSTEM_PCI_IDS.iter().map(PathBuf::from).collect(),
         };
         for path in candidates {
-            match std::fs::File::open(&path) {
-                Ok(f) => return PciNames(Source::File(Box::new(parse(BufReader::new(f), wanted)))),
+            let read = std::fs::File::open(&path).and_then(|f| {
+                let mut buf = Vec::new();
+                f.take(MAX_PCI_IDS).read_to_end(&mut buf)?;
+                Ok(buf)
+            });
+            match read {
+                Ok(buf) => return PciNames::index(Cow::Owned(buf), Some(path)),
                 Err(e) if explicit.is_some() => {
                     tracing::warn!(path = %path.display(), "cannot read pci.ids ({e}); using the built-in copy");
                 }
                 Err(_) => {}
             }
         }
-        PciNames(Source::Embedded)
+        PciNames::builtin()
+    }
+
+    /// The copy built into the binary.
+    pub fn builtin() -> PciNames {
+        PciNames::index(Cow::Borrowed(BUILTIN), None)
+    }
+
+    /// The files [`PciNames::load`] would look at, for watching.
+    pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
+        match explicit {
+            Some(p) => vec![p.to_owned()],
+            None => SYSTEM_PCI_IDS.iter().map(PathBuf::from).collect(),
+        }
+    }
+
+    /// Indexes pci.ids text in one pass. Subsystem and programming
+    /// interface lines (two tabs) are skipped; malformed lines are ignored.
+    pub fn index(text: Cow<'static, [u8]>, origin: Option<PathBuf>) -> PciNames {
+        let mut n = PciNames {
+            vendors: Vec::with_capacity(2048),
+            devices: Vec::with_capacity(16384),
+            classes: Vec::new(),
+            subclasses: Vec::new(),
+            origin,
+            text: Cow::Borrowed(&[]),
+        };
+        let bytes: &[u8] = &text;
+        let mut vendor: Option<u16> = None;
+        let mut class: Option<u8> = None;
+        let mut start = 0usize;
+        while start < bytes.len() {
+            let end = bytes
+                .get(start..)
+                .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+                .map_or(bytes.len(), |p| start + p);
+            let line = bytes.get(start..end).unwrap_or_default();
+            let at = |off: usize| u32::try_from(start + off).unwrap_or(u32::MAX);
+            match line {
+                [b'#', ..] | [] => {}
+                [b'\t', b'\t', ..] => {}
+                [b'C', b' ', rest @ ..] => {
+                    vendor = None;
+                    class = id_and_name(rest, 2).map(|(c, r)| {
+                        n.classes.push((c as u8, at(2 + r.start)..at(2 + r.end)));
+                        c as u8
+                    });
+                }
+                [b'\t', rest @ ..] => {
+                    if let Some(c) = class {
+                        if let Some((sub, r)) = id_and_name(rest, 2) {
+                            n.subclasses
+                                .push((u16::from(c) << 8 | sub as u16, at(1 + r.start)..at(1 + r.end)));
+                        }
+                    } else if let Some(v) = vendor {
+                        if let Some((d, r)) = id_and_name(rest, 4) {
+                            n.devices.push((u32::from(v) << 16 | d, at(1 + r.start)..at(1 + r.end)));
+                        }
+                    }
+                }
+                _ => {
+                    class = None;
+                    vendor = id_and_name(line, 4).map(|(v, r)| {
+                        n.vendors.push((v as u16, at(r.start)..at(r.end)));
+                        v as u16
+                    });
+                }
+            }
+            start = end + 1;
+        }
+        // Stable sorts: for an id listed twice the first entry wins, as a
+        // scan from the top would find it.
+        n.vendors.sort_by_key(|e| e.0);
+        n.devices.sort_by_key(|e| e.0);
+        n.classes.sort_by_key(|e| e.0);
+        n.subclasses.sort_by_key(|e| e.0);
+        n.text = text;
+        n
+    }
+
+    fn name<K: Ord + Copy>(&self, table: &[(K, Range<u32>)], key: K) -> Option<String> {
+        let i = table.partition_point(|e| e.0 < key);
+        let (k, r) = table.get(i)?;
+        if *k != key {
+            return None;
+        }
+        let bytes = self.text.get(r.start as usize..r.end as usize)?;
+        Some(String::from_utf8_lossy(bytes).into_owned())
     }
 
     pub fn vendor(&self, vendor: u16) -> Option<String> {
-        match &self.0 {
-            Source::File(n) => n.vendors.get(&vendor).cloned(),
-            Source::Embedded => pci_ids::Vendors::iter()
-                .find(|v| v.id() == vendor)
-                .map(|v| v.name().to_owned()),
-        }
+        self.name(&self.vendors, vendor)
     }
 
     pub fn device(&self, vendor: u16, device: u16) -> Option<String> {
-        match &self.0 {
-            Source::File(n) => n.devices.get(&(vendor, device)).cloned(),
-            Source::Embedded => pci_ids::Device::from_vid_pid(vendor, device).map(|d| d.name().to_owned()),
-        }
+        self.name(&self.devices, u32::from(vendor) << 16 | u32::from(device))
     }
 
     /// The subclass name, or the class name when the subclass is unknown.
     pub fn class(&self, class: u8, subclass: u8) -> Option<String> {
-        match &self.0 {
-            Source::File(n) => n
-                .subclasses
-                .get(&(class, subclass))
-                .or_else(|| n.classes.get(&class))
-                .cloned(),
-            Source::Embedded => pci_ids::Subclass::from_cid_sid(class, subclass)
-                .map(|s| s.name().to_owned())
-                .or_else(|| {
-                    pci_ids::Classes::iter()
-                        .find(|c| c.id() == class)
-                        .map(|c| c.name().to_owned())
-                }),
-        }
+        self.name(&self.subclasses, u16::from(class) << 8 | u16::from(subclass))
+            .or_else(|| self.name(&self.classes, class))
     }
 }
 
-fn id_and_name(s: &str, digits: usize) -> Option<(u32, String)> {
-    let id = s.get(..digits)?;
-    let name = s.get(digits..)?.trim();
-    Some((u32::from_str_radix(id, 16).ok()?, name.to_owned()))
-}
-
-/// One pass over the file, keeping the vendors and devices asked for and
-/// every class.
-fn parse(reader: impl BufRead, wanted: &BTreeSet<(u16, u16)>) -> FileNames {
-    let vendors: BTreeSet<u16> = wanted.iter().map(|(v, _)| *v).collect();
-    let mut out = FileNames::default();
-    let mut vendor: Option<u16> = None;
-    let mut class: Option<u8> = None;
-    for line in reader.split(b'\n').map_while(Result::ok) {
-        let line = String::from_utf8_lossy(&line);
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("C ") {
-            vendor = None;
-            class = id_and_name(rest, 2).map(|(c, name)| {
-                out.classes.insert(c as u8, name);
-                c as u8
-            });
-        } else if let Some(rest) = line.strip_prefix("\t\t") {
-            let _ = rest; // subsystems and programming interfaces are not needed
-        } else if let Some(rest) = line.strip_prefix('\t') {
-            if let Some(c) = class {
-                if let Some((sub, name)) = id_and_name(rest, 2) {
-                    out.subclasses.insert((c, sub as u8), name);
-                }
-            } else if let Some(v) = vendor {
-                if let Some((d, name)) = id_and_name(rest, 4) {
-                    if wanted.contains(&(v, d as u16)) {
-                        out.devices.insert((v, d as u16), name);
-                    }
-                }
-            }
-        } else if let Some((v, name)) = id_and_name(&line, 4) {
-            class = None;
-            let v = v as u16;
-            vendor = vendors.contains(&v).then_some(v);
-            if vendor.is_some() {
-                out.vendors.insert(v, name);
-            }
-        }
-    }
-    out
+/// `ID  NAME`: the id of `digits` hex digits and the trimmed name's range
+/// within `s`.
+fn id_and_name(s: &[u8], digits: usize) -> Option<(u32, Range<usize>)> {
+    let id = std::str::from_utf8(s.get(..digits)?).ok()?;
+    let id = u32::from_str_radix(id, 16).ok()?;
+    let rest = s.get(digits..)?;
+    let lead = rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    let trail = rest.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+    let end = rest.len().saturating_sub(trail).max(lead);
+    Some((id, digits + lead..digits + end))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "# comment\n8086  Intel Corporation\n\t8cb1  9 Series Chipset Family USB xHCI Controller\n\t\t17aa 2214  ThinkPad\n10de  NVIDIA\n\t1234  Some GPU\nC 0c  Serial bus controller\n\t03  USB controller\n\t\t30  XHCI\nC 02  Network controller\n";
+    const SAMPLE: &str = "# comment\n8086  Intel Corporation\n\t8cb1  9 Series Chipset Family USB xHCI Controller\n\t\t17aa 2214  ThinkPad\n10de  NVIDIA\n\t1234  Some GPU\r\nC 0c  Serial bus controller\n\t03  USB controller\n\t\t30  XHCI\nC 02  Network controller\n";
 
     #[test]
-    fn file_names_only_for_wanted() {
-        let wanted: BTreeSet<(u16, u16)> = [(0x8086, 0x8cb1)].into_iter().collect();
-        let n = parse(SAMPLE.as_bytes(), &wanted);
-        assert_eq!(n.vendors.get(&0x8086).map(String::as_str), Some("Intel Corporation"));
+    fn file_names_by_id() {
+        let n = PciNames::index(Cow::Owned(SAMPLE.as_bytes().to_vec()), None);
+        assert_eq!(n.vendor(0x8086).as_deref(), Some("Intel Corporation"));
         assert_eq!(
-            n.devices.get(&(0x8086, 0x8cb1)).map(String::as_str),
+            n.device(0x8086, 0x8cb1).as_deref(),
             Some("9 Series Chipset Family USB xHCI Controller")
         );
-        assert!(!n.vendors.contains_key(&0x10de));
-        assert_eq!(
-            n.subclasses.get(&(0x0c, 0x03)).map(String::as_str),
-            Some("USB controller")
-        );
-        assert_eq!(n.classes.get(&0x02).map(String::as_str), Some("Network controller"));
+        assert_eq!(n.device(0x10de, 0x1234).as_deref(), Some("Some GPU"));
+        // Subsystem lines are not devices.
+        assert_eq!(n.device(0x8086, 0x17aa), None);
+        assert_eq!(n.vendor(0x10df), None);
+        assert_eq!(n.class(0x0c, 0x03).as_deref(), Some("USB controller"));
+        assert_eq!(n.class(0x0c, 0x30).as_deref(), Some("Serial bus controller"));
+        assert_eq!(n.class(0x02, 0x00).as_deref(), Some("Network controller"));
+        assert_eq!(n.class(0x03, 0x00), None);
     }
 
     #[test]
-    fn embedded_copy_knows_intel() {
-        let n = PciNames(Source::Embedded);
+    fn malformed_lines_are_skipped() {
+        let n = PciNames::index(
+            Cow::Owned(b"zzzz  bad\n\tffff  orphan\n8086\n1af4  Red Hat\n\t1000  Virtio\n".to_vec()),
+            None,
+        );
+        assert_eq!(n.vendor(0x8086).as_deref(), Some(""));
+        assert_eq!(n.device(0x1af4, 0x1000).as_deref(), Some("Virtio"));
+        assert_eq!(n.device(0x8086, 0xffff), None);
+    }
+
+    #[test]
+    fn builtin_copy_knows_intel() {
+        let n = PciNames::builtin();
         assert_eq!(n.vendor(0x8086).as_deref(), Some("Intel Corporation"));
         assert_eq!(n.class(0x0c, 0x03).as_deref(), Some("USB controller"));
         assert_eq!(n.class(0x02, 0x7f).as_deref(), Some("Network controller"));
