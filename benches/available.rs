@@ -58,6 +58,14 @@ fn main() {
     let mut embedded = base.clone();
     embedded.push(("QUBES_PCI_ADMIN_PCI_IDS", "/nonexistent/pci.ids".to_owned()));
 
+    if std::env::var_os("AVAILABLE_BENCH_KEEP").is_some() {
+        // For profiling by hand: keep the tree and print the call.
+        let env: Vec<String> = with_file.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("env -i {} {}", env.join(" "), link.display());
+        std::mem::forget(sys);
+        std::mem::forget(dir);
+        return;
+    }
     let (_, bytes) = spawn_once(&link, &with_file);
     assert!(bytes > 256 * 100, "Available returned only {bytes} bytes");
     type Case<'a> = (&'a str, &'a std::path::Path, &'a [(&'a str, String)]);

@@ -1,114 +1,255 @@
-//! Keeping a parsed file (the policy, the system info) between calls of the
-//! daemon: a value is reused only while every file it came from has the
-//! same inode, size, modification and change time, so an edit takes effect
-//! on the next call.
+//! What the daemon keeps between calls (the policy, qubes.xml, the system
+//! info file, pci.ids, dom0's PCI devices), and how it knows the moment
+//! that is out of date: inotify watches on every file and directory a
+//! value was read from, and for the devices the kernel's uevents too. No
+//! call stats anything; one non-blocking read per call says whether
+//! anything happened. Nothing is keyed by inode.
+//!
+//! A value is kept only when everything it was read from was watched
+//! before it was read: a load notes the paths it used, watches them, and
+//! loads again if it used a path that was not watched yet. A change during
+//! the load leaves the value unkept, so the next call loads again.
 
-use std::os::unix::fs::MetadataExt;
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// What identifies one version of a file or directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stamp {
-    path: PathBuf,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+/// How many times a load may find paths it did not watch before the value
+/// is used unkept.
+const MAX_ROUNDS: usize = 4;
+
+/// Changes under a set of paths.
+pub struct Watch {
+    inotify: Inotify,
+    /// The directories and files watched.
+    watched: BTreeSet<PathBuf>,
 }
 
-impl Stamp {
-    fn changed_before(&self, t: SystemTime) -> bool {
-        let Ok(d) = t.duration_since(UNIX_EPOCH) else {
-            return false;
-        };
-        let t = (d.as_secs() as i64, i64::from(d.subsec_nanos()));
-        self.mtime < t && self.ctime < t
+fn mask() -> AddWatchFlags {
+    AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+}
+
+impl Watch {
+    pub fn new() -> nix::Result<Watch> {
+        Ok(Watch {
+            inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
+            watched: BTreeSet::new(),
+        })
     }
-}
 
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        path: path.to_owned(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime: (m.mtime(), m.mtime_nsec()),
-        ctime: (m.ctime(), m.ctime_nsec()),
-    })
-}
-
-/// Stamps of `roots` and everything below them (directories included, so
-/// an added or removed file changes the key), at most `depth` levels deep.
-/// A missing root is a stamp of its own (`None`), so creating it counts.
-pub fn stamps(roots: &[PathBuf], depth: usize) -> Vec<Option<Stamp>> {
-    let mut out = Vec::new();
-    for root in roots {
-        walk(root, depth, &mut out);
-    }
-    out
-}
-
-fn walk(path: &Path, depth: usize, out: &mut Vec<Option<Stamp>>) {
-    let s = stamp(path);
-    let is_dir = path.is_dir();
-    out.push(s);
-    if !is_dir || depth == 0 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(path) else { return };
-    let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    names.sort();
-    for p in names {
-        walk(&p, depth - 1, out);
-    }
-}
-
-/// The stamps of everything a value was loaded from.
-pub type Key = Vec<Option<Stamp>>;
-
-/// One cached value and the stamps it was loaded under.
-pub struct Cached<T> {
-    slot: Mutex<Option<(Key, Arc<T>)>>,
-}
-
-impl<T> Default for Cached<T> {
-    fn default() -> Self {
-        Cached { slot: Mutex::new(None) }
-    }
-}
-
-/// Files changed this close to a load are not trusted to show a later
-/// change in their timestamps (filesystem clocks are coarse).
-const SETTLE: Duration = Duration::from_millis(100);
-
-impl<T> Cached<T> {
-    /// The cached value while `key(value)` still gives the stamps it was
-    /// stored with; otherwise `load()`. A loaded value is kept only when it
-    /// succeeded and every file it came from was last changed before the
-    /// load started (minus [`SETTLE`]), so a change during the load is
-    /// never missed.
-    pub fn get<E>(
-        &self,
-        key: impl Fn(&T) -> Vec<Option<Stamp>>,
-        load: impl FnOnce() -> Result<T, E>,
-    ) -> Result<Arc<T>, E> {
-        let cached = self.slot.lock().ok().and_then(|s| s.clone());
-        if let Some((k, v)) = cached {
-            if key(&v) == k {
-                return Ok(v);
+    /// Watches `path`: the path itself (a directory reports what happens to
+    /// its entries), its directory (a file replaced by a rename), and, when
+    /// it is a link, where it leads. A path that does not exist is watched
+    /// through its nearest existing ancestor, so its creation counts.
+    /// `false` when no watch could be added.
+    pub fn add(&mut self, path: &Path) -> bool {
+        let mut targets = vec![path.to_owned()];
+        if let Some(parent) = path.parent() {
+            targets.push(parent.to_owned());
+        }
+        if let Ok(real) = std::fs::canonicalize(path) {
+            if real != path {
+                if let Some(parent) = real.parent() {
+                    targets.push(parent.to_owned());
+                }
+                targets.push(real);
             }
         }
-        let start = SystemTime::now().checked_sub(SETTLE).unwrap_or(UNIX_EPOCH);
-        let value = Arc::new(load()?);
-        let k = key(&value);
-        let settled = k.iter().flatten().all(|s| s.changed_before(start));
-        if let Ok(mut slot) = self.slot.lock() {
-            *slot = settled.then(|| (k, value.clone()));
+        let mut ok = true;
+        for t in targets {
+            ok &= self.add_one(&t);
+        }
+        ok
+    }
+
+    fn add_one(&mut self, path: &Path) -> bool {
+        if self.watched.contains(path) {
+            return true;
+        }
+        let mut at = path;
+        loop {
+            if self.watched.contains(at) {
+                return true;
+            }
+            match self.inotify.add_watch(at, mask()) {
+                Ok(_) => {
+                    self.watched.insert(at.to_owned());
+                    return true;
+                }
+                Err(Errno::ENOENT | Errno::ENOTDIR) => match at.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => at = p,
+                    _ => return false,
+                },
+                Err(e) => {
+                    tracing::warn!(path = %at.display(), "cannot watch ({e}); this value is not kept");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Whether `path` is watched already (as itself).
+    pub fn covers(&self, path: &Path) -> bool {
+        self.watched.contains(path)
+    }
+
+    /// Whether anything happened since the last call; reads every pending
+    /// event. A lost event (queue overflow) or a read error counts as a
+    /// change.
+    pub fn changed(&self) -> bool {
+        let mut changed = false;
+        loop {
+            match self.inotify.read_events() {
+                Ok(events) if events.is_empty() => return changed,
+                Ok(_) => changed = true,
+                Err(Errno::EAGAIN) => return changed,
+                Err(Errno::EINTR) => {}
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// A value, the watch that says when it is stale, and the extra source of
+/// change (uevents) when there is one.
+struct Slot<T> {
+    watch: Watch,
+    value: Arc<T>,
+}
+
+/// One kept value. `paths` names what a value was read from (given `None`,
+/// what any load reads first: the directories and files known up front).
+pub struct Kept<T> {
+    slot: Mutex<Option<Slot<T>>>,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Kept { slot: Mutex::new(None) }
+    }
+}
+
+impl<T> Kept<T> {
+    /// The kept value while nothing it came from changed (and `also_stale`
+    /// does not say otherwise); otherwise loads, watching first.
+    pub fn get<E>(
+        &self,
+        paths: impl Fn(Option<&T>) -> Vec<PathBuf>,
+        also_stale: impl FnOnce() -> bool,
+        load: impl Fn() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
+        let Ok(mut slot) = self.slot.lock() else {
+            return load().map(Arc::new);
+        };
+        let stale_extra = also_stale();
+        if let Some(s) = slot.as_ref() {
+            if !s.watch.changed() && !stale_extra {
+                return Ok(s.value.clone());
+            }
+        }
+        *slot = None;
+        let Ok(mut watch) = Watch::new() else {
+            return load().map(Arc::new);
+        };
+        let mut complete = paths(None).iter().all(|p| watch.add(p));
+        let mut value = load()?;
+        for round in 0.. {
+            let missing: Vec<PathBuf> = paths(Some(&value)).into_iter().filter(|p| !watch.covers(p)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            if round >= MAX_ROUNDS {
+                complete = false;
+                break;
+            }
+            for p in &missing {
+                complete &= watch.add(p);
+            }
+            // Read again now that everything it used is watched.
+            value = load()?;
+        }
+        let value = Arc::new(value);
+        // A change during the load: use it, but load again next time.
+        if complete && !watch.changed() {
+            *slot = Some(Slot {
+                watch,
+                value: value.clone(),
+            });
         }
         Ok(value)
     }
+
+    /// Forgets the value (the next call loads).
+    pub fn clear(&self) {
+        if let Ok(mut s) = self.slot.lock() {
+            *s = None;
+        }
+    }
+}
+
+/// The kernel's device events (uevents): a netlink socket for the real
+/// `/sys`, or, for a test tree, a datagram socket that a test writes
+/// uevent messages to. Only PCI events count.
+pub struct Uevents {
+    fd: OwnedFd,
+}
+
+impl Uevents {
+    /// Subscribes to the kernel's uevents.
+    pub fn kernel() -> nix::Result<Uevents> {
+        use nix::sys::socket::{bind, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType};
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkKObjectUEvent,
+        )?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 1))?;
+        Ok(Uevents { fd })
+    }
+
+    /// Receives uevent messages on a datagram socket (for tests).
+    pub fn from_socket(socket: std::os::unix::net::UnixDatagram) -> std::io::Result<Uevents> {
+        socket.set_nonblocking(true)?;
+        Ok(Uevents { fd: socket.into() })
+    }
+
+    /// Whether a PCI device was added, removed, bound, unbound or changed
+    /// since the last call. A lost message (ENOBUFS) or an error counts.
+    pub fn changed(&self) -> bool {
+        let mut changed = false;
+        let mut buf = [0u8; 8192];
+        loop {
+            match nix::unistd::read(self.fd.as_fd(), &mut buf) {
+                Ok(0) => return changed,
+                Ok(n) => changed |= is_pci_event(buf.get(..n).unwrap_or_default()),
+                Err(Errno::EAGAIN) => return changed,
+                Err(Errno::EINTR) => {}
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// `ACTION@DEVPATH\0KEY=VALUE\0…` with `SUBSYSTEM=pci`, or any message
+/// udev sends on (`libudev` header: not parsed, counted as a change).
+fn is_pci_event(msg: &[u8]) -> bool {
+    if msg.starts_with(b"libudev") {
+        return true;
+    }
+    msg.split(|&b| b == 0).any(|kv| kv == b"SUBSYSTEM=pci")
 }
 
 #[cfg(test)]
@@ -116,56 +257,108 @@ mod tests {
     use super::*;
 
     #[test]
-    fn edits_additions_and_removals_change_the_key() {
+    fn edits_additions_removals_and_replacements_are_seen() {
         let dir = tempfile::tempdir().unwrap();
-        let roots = vec![dir.path().to_owned()];
-        std::fs::write(dir.path().join("a"), "1").unwrap();
-        let k1 = stamps(&roots, 2);
-        assert_eq!(k1, stamps(&roots, 2));
-        std::fs::write(dir.path().join("a"), "22").unwrap();
-        let k2 = stamps(&roots, 2);
-        assert_ne!(k1, k2);
-        std::fs::create_dir(dir.path().join("include")).unwrap();
-        std::fs::write(dir.path().join("include/x"), "1").unwrap();
-        let k3 = stamps(&roots, 2);
-        assert_ne!(k2, k3);
-        std::fs::write(dir.path().join("include/x"), "2").unwrap();
-        assert_ne!(k3, stamps(&roots, 2), "a file in a subdirectory counts");
-        let cache: Cached<u32> = Cached::default();
-        let mut loads = 0;
-        // Just written: not kept (a change in the same clock tick could be missed).
-        cache
-            .get(
-                |_| stamps(&roots, 2),
+        let file = dir.path().join("a");
+        std::fs::write(&file, "1").unwrap();
+        let mut w = Watch::new().unwrap();
+        assert!(w.add(&file));
+        assert!(!w.changed());
+        std::fs::write(&file, "2").unwrap();
+        assert!(w.changed());
+        assert!(!w.changed(), "drained");
+        // Replaced by a rename, as editors and qubesd do.
+        std::fs::write(dir.path().join("a.new"), "3").unwrap();
+        let _ = w.changed();
+        std::fs::rename(dir.path().join("a.new"), &file).unwrap();
+        assert!(w.changed());
+        // A path that does not exist yet: its creation counts.
+        let later = dir.path().join("sub/deeper/b");
+        assert!(w.add(&later));
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert!(w.changed());
+        // Reading changes nothing.
+        let _ = std::fs::read(&file).unwrap();
+        assert!(!w.changed());
+    }
+
+    #[test]
+    fn a_kept_value_is_loaded_again_after_a_change_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v");
+        std::fs::write(&file, "1").unwrap();
+        let kept: Kept<String> = Kept::default();
+        let loads = std::cell::Cell::new(0);
+        let get = || {
+            kept.get(
+                |_| vec![file.clone()],
+                || false,
                 || {
-                    loads += 1;
-                    Ok::<_, ()>(7)
+                    loads.set(loads.get() + 1);
+                    std::fs::read_to_string(&file)
                 },
             )
-            .unwrap();
-        std::thread::sleep(SETTLE * 2);
-        for _ in 0..3 {
-            cache
-                .get(
-                    |_| stamps(&roots, 2),
-                    || {
-                        loads += 1;
-                        Ok::<_, ()>(7)
-                    },
-                )
-                .unwrap();
+            .unwrap()
+        };
+        assert_eq!(*get(), "1");
+        assert_eq!(*get(), "1");
+        assert_eq!(loads.get(), 1);
+        for i in 2..20 {
+            std::fs::write(&file, i.to_string()).unwrap();
+            assert_eq!(*get(), i.to_string(), "seen on the next call");
         }
-        assert_eq!(loads, 2, "loaded once more after settling, then kept");
-        std::fs::remove_file(dir.path().join("a")).unwrap();
-        let v = cache
-            .get(
-                |_| stamps(&roots, 2),
+        assert_eq!(loads.get(), 19);
+    }
+
+    #[test]
+    fn paths_found_by_a_load_are_watched_and_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        let inc = other.path().join("inc");
+        std::fs::write(&top, inc.display().to_string()).unwrap();
+        std::fs::write(&inc, "x").unwrap();
+        let kept: Kept<(String, PathBuf)> = Kept::default();
+        let loads = std::cell::Cell::new(0);
+        let get = || {
+            kept.get(
+                |v| {
+                    let mut p = vec![top.clone()];
+                    p.extend(v.map(|(_, inc)| inc.clone()));
+                    p
+                },
+                || false,
                 || {
-                    loads += 1;
-                    Ok::<_, ()>(8)
+                    loads.set(loads.get() + 1);
+                    let inc = PathBuf::from(std::fs::read_to_string(&top)?);
+                    Ok::<_, std::io::Error>((std::fs::read_to_string(&inc)?, inc))
                 },
             )
+            .unwrap()
+        };
+        assert_eq!(get().0, "x");
+        assert_eq!(loads.get(), 2, "loaded again once the include was watched");
+        assert_eq!(get().0, "x");
+        assert_eq!(loads.get(), 2);
+        std::fs::write(&inc, "y").unwrap();
+        assert_eq!(get().0, "y", "a change in a file outside the first paths is seen");
+    }
+
+    #[test]
+    fn only_pci_uevents_count_and_each_is_seen_once() {
+        let (tx, rx) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let ev = Uevents::from_socket(rx).unwrap();
+        assert!(!ev.changed());
+        tx.send(b"add@/devices/virtual/net/vif1.0\0ACTION=add\0SUBSYSTEM=net\0")
             .unwrap();
-        assert_eq!((loads, *v), (3, 8));
+        assert!(!ev.changed());
+        tx.send(b"bind@/devices/pci0000:00/0000:00:14.0\0ACTION=bind\0SUBSYSTEM=pci\0DRIVER=pciback\0")
+            .unwrap();
+        assert!(ev.changed());
+        assert!(!ev.changed());
+        tx.send(b"unbind@/devices/pci0000:00/0000:00:14.0\0ACTION=unbind\0SUBSYSTEM=pci\0")
+            .unwrap();
+        tx.send(b"add@/devices/virtual/block/loop0\0SUBSYSTEM=block\0").unwrap();
+        assert!(ev.changed());
     }
 }

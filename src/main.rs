@@ -73,6 +73,10 @@ enum Command {
         /// transport's floor, for benchmarks).
         #[arg(long, hide = true)]
         echo: bool,
+        /// Take device events (kernel uevent messages) from datagrams sent to
+        /// this socket instead of the kernel: for a test sysfs tree.
+        #[arg(long, hide = true)]
+        uevents: Option<PathBuf>,
     },
     /// Print a shell completion script.
     #[command(hide = true)]
@@ -254,8 +258,25 @@ fn exec_reply(argv0: &str) -> Vec<u8> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Serve { uevents, .. } = &cli.command {
+        let source = match uevents {
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                let sock = std::os::unix::net::UnixDatagram::bind(path)
+                    .with_context(|| format!("binding the uevent socket {}", path.display()))?;
+                Some(qubes_pci_admin::cache::Uevents::from_socket(sock)?)
+            }
+            None => None,
+        };
+        let svc = Service::resident(cli.config, source);
+        return run_with(svc, cli.command);
+    }
     let svc = Service::new(cli.config);
-    match cli.command {
+    run_with(svc, cli.command)
+}
+
+fn run_with(svc: Service, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Call { source, target, method } => {
             let request = read_capped(std::io::stdin().lock())
                 .context("reading the payload from stdin")?
@@ -316,6 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             read_deadline_ms,
             header_deadline_ms,
             echo,
+            ..
         } => {
             let opts = ServeOptions {
                 socket,

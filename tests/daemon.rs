@@ -483,3 +483,59 @@ fn a_deny_added_in_an_included_directory_takes_effect_at_once() {
     std::fs::write(outside.join("10-deny.policy"), "# nothing\n").unwrap();
     assert!(sock_call(&d.socket, header, b"").unwrap().starts_with(b"0\0"));
 }
+
+/// The daemon keeps dom0's devices between calls; a device replaced at the
+/// same address (the filesystem may give its directory the old inode), a
+/// driver change, an attribute written and a device added are each seen
+/// on the very next call (review of issue 10: nothing may answer with a
+/// stale identity).
+#[test]
+fn kept_devices_follow_replacements_driver_changes_and_writes() {
+    use common::FakeDev;
+    let mut env = policy_env();
+    let d = Daemon::start(&env, &[], &[]);
+    let header = "admin.vm.device.pci.Available mgmt keyword adminvm";
+    let listing = || String::from_utf8(sock_call(&d.socket, header, b"").unwrap()).unwrap();
+    let line_of = |all: &str, port: &str| {
+        all.split('\n')
+            .find(|l| l.contains(&format!("port_id='{port}'")))
+            .map(str::to_owned)
+    };
+    let first = listing();
+    assert_eq!(listing(), first, "kept: the same answer");
+    let usb = line_of(&first, "00_14.0").unwrap();
+    assert!(
+        usb.contains("device_id='0x8086:0x8cb1::p0c0330'") && usb.contains("_driver='xhci_hcd'"),
+        "{usb}"
+    );
+
+    // pciback takes the device.
+    let dev_dir = std::fs::canonicalize(env.sysfs.root().join("bus/pci/devices/0000:00:14.0")).unwrap();
+    std::fs::remove_file(dev_dir.join("driver")).unwrap();
+    std::os::unix::fs::symlink(env.sysfs.root().join("bus/pci/drivers/pciback"), dev_dir.join("driver")).unwrap();
+    let usb = line_of(&listing(), "00_14.0").unwrap();
+    assert!(usb.contains("_driver='pciback'"), "{usb}");
+
+    // An administrator changes its reset method (no device event for that).
+    std::fs::write(dev_dir.join("reset_method"), "bus\n").unwrap();
+    let usb = line_of(&listing(), "00_14.0").unwrap();
+    assert!(usb.contains("_reset_method='bus'"), "{usb}");
+
+    // Another device at the same address.
+    env.sysfs.remove("0000:00:14.0");
+    env.sysfs.add(FakeDev::new("0000:00:14.0", 0x1b21, 0x1242, 0x0c0330));
+    let usb = line_of(&listing(), "00_14.0").unwrap();
+    assert!(
+        usb.contains("device_id='0x1b21:0x1242::p0c0330'") && !usb.contains("_driver="),
+        "{usb}"
+    );
+
+    // A new device, then its removal.
+    env.sysfs.add(FakeDev::new("0000:00:1d.0", 0x8086, 0x8c26, 0x0c0320));
+    assert!(line_of(&listing(), "00_1d.0").is_some());
+    env.sysfs.remove("0000:00:1d.0");
+    assert!(line_of(&listing(), "00_1d.0").is_none());
+    // And every answer equals a fresh read by a process that keeps nothing.
+    let fresh = env.exec("admin.vm.device.pci.Available", "", "mgmt", "@adminvm", b"");
+    assert_eq!(listing().into_bytes(), fresh.stdout);
+}

@@ -22,26 +22,50 @@ use qubes_pci_rpc::{
 pub use assign::{find_for_arg, option_denied, record_of, OPTION_SERVICE};
 pub use available::{describe, device_infos};
 
-use crate::cache::{self, Cached};
+use std::path::{Path, PathBuf};
+
+use crate::cache::{Kept, Uevents};
 use crate::error::ApiError;
-use crate::pci::{Inventory, InventoryCache, PciNames};
+use crate::pci::{Inventory, PciNames};
 use crate::policy::Policy;
 use crate::qubes_xml::QubesXml;
 use crate::qubesd::{self as qubesd_wire, Qubesd};
 use crate::sysinfo::{DomainInfo, SystemInfo};
 use crate::Config;
 
-/// The service: settings, and (for the daemon) the parsed policy and
-/// system info kept while their files do not change.
+/// The service: settings, and (for the daemon) what it keeps between calls
+/// until a watch says it changed (see [`crate::cache`]). A service made
+/// for one call keeps nothing.
 #[derive(Clone)]
 pub struct Service {
     pub config: Config,
     qubesd: Qubesd,
-    policy: Arc<Cached<Policy>>,
-    system: Arc<Cached<SystemInfo>>,
-    xml: Arc<Cached<QubesXml>>,
-    devices: Arc<InventoryCache>,
-    names: Arc<Cached<PciNames>>,
+    kept: Option<Arc<KeptValues>>,
+}
+
+/// What the daemon keeps.
+#[derive(Default)]
+struct KeptValues {
+    policy: Kept<Policy>,
+    system: Kept<SystemInfo>,
+    xml: Kept<QubesXml>,
+    names: Kept<PciNames>,
+    /// `None` when nothing would say a device changed (the real `/sys`
+    /// without a uevent socket): then devices are read on every call.
+    devices: Option<(Kept<Inventory>, Option<Uevents>)>,
+}
+
+/// Loads through `kept` when there is one, else directly.
+fn through<T, E>(
+    kept: Option<&Kept<T>>,
+    paths: impl Fn(Option<&T>) -> Vec<PathBuf>,
+    also_stale: impl FnOnce() -> bool,
+    load: impl Fn() -> Result<T, E>,
+) -> Result<Arc<T>, E> {
+    match kept {
+        Some(k) => k.get(paths, also_stale, load),
+        None => load().map(Arc::new),
+    }
 }
 
 /// What a method answers, before it is encoded for a protocol.
@@ -161,15 +185,45 @@ impl Call {
 }
 
 impl Service {
+    /// A service for one call (exec mode, the CLI): reads everything anew.
     pub fn new(config: Config) -> Service {
         Service {
             qubesd: config.qubesd(),
             config,
-            policy: Arc::default(),
-            system: Arc::default(),
-            xml: Arc::default(),
-            devices: Arc::default(),
-            names: Arc::default(),
+            kept: None,
+        }
+    }
+
+    /// A service for the daemon: keeps what it read until it changes.
+    /// Device events come from the kernel for the real `/sys`, from
+    /// `uevents` when given (a test tree), and otherwise only from inotify
+    /// (a test tree changes only through the filesystem).
+    pub fn resident(config: Config, uevents: Option<Uevents>) -> Service {
+        let real_sys = config.sysfs == Path::new("/sys");
+        let uevents = match uevents {
+            Some(u) => Some(u),
+            None if real_sys => match Uevents::kernel() {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot subscribe to the kernel's device events ({e}); devices are read on every call"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let devices = match (real_sys, uevents) {
+            (true, None) => None,
+            (_, u) => Some((Kept::default(), u)),
+        };
+        Service {
+            qubesd: config.qubesd(),
+            config,
+            kept: Some(Arc::new(KeptValues {
+                devices,
+                ..KeptValues::default()
+            })),
         }
     }
 
@@ -188,12 +242,13 @@ impl Service {
     /// qubesd's qubes.xml, parsed again only when the file changed.
     pub fn qubes_xml(&self) -> Result<Arc<QubesXml>, ApiError> {
         let path = &self.config.qubes_xml;
-        self.xml
-            .get(
-                |_| cache::stamps(std::slice::from_ref(path), 0),
-                || QubesXml::load(path),
-            )
-            .map_err(|detail| {
+        through(
+            self.kept.as_deref().map(|k| &k.xml),
+            |_| vec![path.clone()],
+            || false,
+            || QubesXml::load(path),
+        )
+        .map_err(|detail| {
                 ApiError::dom0(
                     "dom0's record of PCI assignments (qubesd's qubes.xml) cannot be read; nothing was changed by this call. A dom0 administrator can find the cause in the journal",
                     detail,
@@ -211,19 +266,37 @@ impl Service {
         }
     }
 
-    /// dom0's PCI devices, read again on every call (what a daemon keeps of
-    /// a device it saw before is only what cannot change while it exists).
-    pub fn inventory(&self) -> Result<Inventory, ApiError> {
-        Ok(Inventory::scan_cached(&self.config.sysfs, &self.devices)?)
+    /// dom0's PCI devices. The daemon keeps them until a device event
+    /// (added, removed, bound, unbound) or a write under a device's
+    /// directory says otherwise.
+    pub fn inventory(&self) -> Result<Arc<Inventory>, ApiError> {
+        let root = &self.config.sysfs;
+        let devices = self.kept.as_deref().and_then(|k| k.devices.as_ref());
+        let paths = |inv: Option<&Inventory>| {
+            let list = root.join("bus/pci/devices");
+            let mut p = vec![list.clone(), root.join("devices")];
+            p.extend(
+                inv.into_iter()
+                    .flat_map(|i| &i.devices)
+                    .map(|d| list.join(d.sbdf.to_string())),
+            );
+            p
+        };
+        let uevents_say = || devices.and_then(|(_, u)| u.as_ref()).is_some_and(Uevents::changed);
+        Ok(through(devices.map(|(k, _)| k), paths, uevents_say, || {
+            Inventory::scan(root)
+        })?)
     }
 
     /// pci.ids, indexed again only when the file changed.
     pub fn pci_names(&self) -> Arc<PciNames> {
         let explicit = self.config.pci_ids.as_deref();
-        let files = PciNames::candidates(explicit);
-        let loaded: Result<_, std::convert::Infallible> = self
-            .names
-            .get(|_| cache::stamps(&files, 0), || Ok(PciNames::load(explicit)));
+        let loaded: Result<_, std::convert::Infallible> = through(
+            self.kept.as_deref().map(|k| &k.names),
+            |_| PciNames::candidates(explicit),
+            || false,
+            || Ok(PciNames::load(explicit)),
+        );
         match loaded {
             Ok(n) => n,
             Err(never) => match never {},
@@ -234,12 +307,14 @@ impl Service {
     /// directories (or one they include) changed.
     pub fn policy(&self) -> Result<Arc<Policy>, String> {
         let dirs = self.config.policy_dirs();
-        self.policy.get(
+        through(
+            self.kept.as_deref().map(|k| &k.policy),
             |p| {
-                let mut k = cache::stamps(&dirs, 3);
-                k.extend(cache::stamps(&p.files, 0));
-                k
+                let mut paths = dirs.clone();
+                paths.extend(p.into_iter().flat_map(|p| p.files.iter().cloned()));
+                paths
             },
+            || false,
             || Policy::load_dirs(&dirs).map_err(|e| e.to_string()),
         )
     }
@@ -248,13 +323,13 @@ impl Service {
     /// change), or asked from qubesd (`internal.GetSystemInfo`) on every call.
     pub fn system_info(&self) -> Result<Arc<SystemInfo>, ApiError> {
         match &self.config.system_info {
-            Some(path) => self
-                .system
-                .get(
-                    |_| cache::stamps(std::slice::from_ref(path), 0),
-                    || SystemInfo::load_file(path),
-                )
-                .map_err(|e| {
+            Some(path) => through(
+                self.kept.as_deref().map(|k| &k.system),
+                |_| vec![path.clone()],
+                || false,
+                || SystemInfo::load_file(path),
+            )
+            .map_err(|e| {
                     ApiError::dom0(
                         "the system info given to qubes-pci-admin cannot be read; a dom0 administrator can find the cause in the journal",
                         e.to_string(),

@@ -5,4 +5,4 @@ pub mod names;
 pub mod sysfs;
 
 pub use names::PciNames;
-pub use sysfs::{Inventory, InventoryCache, PciDevice, Reset, SysfsError};
+pub use sysfs::{Inventory, PciDevice, Reset, SysfsError};

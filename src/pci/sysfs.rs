@@ -122,15 +122,14 @@ impl Inventory {
     /// device is there.
     pub fn scan_port(root: &Path, port: &PciPath) -> Result<Option<PciDevice>, SysfsError> {
         let roots = root_buses(root)?;
+        let mut bridges = Bridges::default();
         let mut sbdf: Option<Sbdf> = None;
         for hop in port.hops() {
             let bus = match sbdf {
                 None if roots.contains(&(port.segment, hop.bus)) => Some(hop.bus),
                 None => None,
-                Some(parent) => read_attr(&device_dir(root, &parent), "secondary_bus_number")
-                    .ok()
-                    .flatten()
-                    .and_then(|s| s.parse::<u8>().ok())
+                Some(parent) => bridges
+                    .secondary(root, &parent)
                     .and_then(|sec| sec.checked_add(hop.bus)),
             };
             let Some(next) = bus.and_then(|b| Sbdf::new(port.segment, b, hop.device, hop.function)) else {
@@ -142,24 +141,17 @@ impl Inventory {
         if !device_dir(root, &sbdf).exists() {
             return Ok(None);
         }
-        Ok(read_device(root, &roots, sbdf).ok().filter(|d| &d.port == port))
+        Ok(read_device(root, &roots, sbdf, &mut bridges)
+            .ok()
+            .filter(|d| &d.port == port))
     }
 
     /// Reads every device under `<root>/bus/pci/devices`.
     pub fn scan(root: &Path) -> Result<Inventory, SysfsError> {
-        Inventory::scan_with(root, None)
+        Inventory::scan_with(root)
     }
 
-    /// Like [`Inventory::scan`], reusing what `cache` read before for a
-    /// device whose sysfs directory is the same one (same inode: a device
-    /// removed and added again gets a new directory). Only the attributes
-    /// that change while a device exists are read again: its driver and
-    /// its reset methods.
-    pub fn scan_cached(root: &Path, cache: &InventoryCache) -> Result<Inventory, SysfsError> {
-        Inventory::scan_with(root, Some(cache))
-    }
-
-    fn scan_with(root: &Path, cache: Option<&InventoryCache>) -> Result<Inventory, SysfsError> {
+    fn scan_with(root: &Path) -> Result<Inventory, SysfsError> {
         let roots = root_buses(root)?;
         let dir = root.join("bus/pci/devices");
         let entries = std::fs::read_dir(&dir).map_err(|source| SysfsError::List {
@@ -167,6 +159,7 @@ impl Inventory {
             source,
         })?;
         let mut devices = Vec::new();
+        let mut bridges = Bridges::default();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
@@ -180,82 +173,13 @@ impl Inventory {
             if sbdf.to_string() != name {
                 continue;
             }
-            let read = match cache {
-                None => read_device(root, &roots, sbdf),
-                Some(c) => c.read(root, &roots, sbdf),
-            };
-            match read {
+            match read_device(root, &roots, sbdf, &mut bridges) {
                 Ok(d) => devices.push(d),
                 Err(why) => tracing::warn!(device = %sbdf, "skipping PCI device: {why}"),
             }
         }
         devices.sort_by_cached_key(|d| d.port.to_string());
-        if let Some(c) = cache {
-            c.keep_only(&devices);
-        }
         Ok(Inventory { devices })
-    }
-}
-
-/// What a daemon keeps of each device between scans. An entry is used only
-/// while its sysfs directory is the same one (path behind the link, inode
-/// and change time) and still holds the same vendor, device and class: a
-/// device replaced at the same address is read anew even where the
-/// filesystem reuses the inode at once.
-#[derive(Debug, Default)]
-pub struct InventoryCache {
-    devices: std::sync::Mutex<std::collections::HashMap<Sbdf, (DirKey, PciDevice)>>,
-}
-
-/// What identifies one device's sysfs directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct DirKey {
-    dir: PathBuf,
-    ino: u64,
-    ctime: (i64, i64),
-    ids: [Option<String>; 3],
-}
-
-impl DirKey {
-    fn of(dir: &Path) -> Result<DirKey, String> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(dir).map_err(|e| format!("stat: {e}"))?;
-        let id = |name| read_attr(dir, name).ok().flatten();
-        Ok(DirKey {
-            dir: dir.to_owned(),
-            ino: m.ino(),
-            ctime: (m.ctime(), m.ctime_nsec()),
-            ids: [id("vendor"), id("device"), id("class")],
-        })
-    }
-}
-
-impl InventoryCache {
-    fn read(&self, root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<PciDevice, String> {
-        let dir = real_dir(root, &sbdf);
-        let key = DirKey::of(&dir)?;
-        let cached = self
-            .devices
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&sbdf).filter(|(k, _)| *k == key).map(|(_, d)| d.clone()));
-        if let Some(mut d) = cached {
-            d.driver = read_driver(&dir);
-            let mut problems = Vec::new();
-            d.reset = read_reset(&dir, &mut problems);
-            return Ok(d);
-        }
-        let d = read_device(root, roots, sbdf)?;
-        if let Ok(mut m) = self.devices.lock() {
-            m.insert(sbdf, (key, d.clone()));
-        }
-        Ok(d)
-    }
-
-    fn keep_only(&self, present: &[PciDevice]) {
-        if let Ok(mut m) = self.devices.lock() {
-            m.retain(|sbdf, _| present.iter().any(|d| &d.sbdf == sbdf));
-        }
     }
 }
 
@@ -286,10 +210,38 @@ fn device_dir(root: &Path, sbdf: &Sbdf) -> PathBuf {
     root.join("bus/pci/devices").join(sbdf.to_string())
 }
 
+/// The secondary bus number of each bridge met during one scan, read once.
+#[derive(Default)]
+pub(crate) struct Bridges(std::collections::HashMap<Sbdf, Option<u8>>);
+
+impl Bridges {
+    /// The bridge's `secondary_bus_number`: from its config header (type 1,
+    /// offset 0x19) when readable, else from the attribute.
+    fn secondary(&mut self, root: &Path, bridge: &Sbdf) -> Option<u8> {
+        *self.0.entry(*bridge).or_insert_with(|| {
+            let dir = device_dir(root, bridge);
+            match read_config(&dir) {
+                Some(c) if c.header_type() == Some(1) => c.byte(0x19),
+                _ => read_attr(&dir, "secondary_bus_number")
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.parse::<u8>().ok()),
+            }
+        })
+    }
+}
+
 /// The PCI path of `sbdf`: itself when it sits on a root bus, otherwise the
-/// chain of bridges from the root bus, each bus number taken relative to the
-/// parent bridge's `secondary_bus_number`.
-pub fn port_of(root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<PciPath, String> {
+/// chain of bridges from the root bus (read from `link`, the target of its
+/// `bus/pci/devices` link), each bus number taken relative to the parent
+/// bridge's secondary bus number.
+fn port_of(
+    root: &Path,
+    roots: &BTreeSet<(u16, u8)>,
+    sbdf: Sbdf,
+    link: Option<&Path>,
+    bridges: &mut Bridges,
+) -> Result<PciPath, String> {
     let hop = |s: &Sbdf, bus: u8| PathHop {
         bus,
         device: s.device,
@@ -298,7 +250,7 @@ pub fn port_of(root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<P
     if roots.contains(&(sbdf.segment, sbdf.bus)) {
         return PciPath::new(sbdf.segment, vec![hop(&sbdf, sbdf.bus)]).ok_or_else(|| "empty path".to_owned());
     }
-    let link = std::fs::read_link(device_dir(root, &sbdf)).map_err(|e| format!("readlink: {e}"))?;
+    let link = link.ok_or_else(|| "readlink failed".to_owned())?;
     let link = link.to_string_lossy();
     let root_prefix = format!("pci{:04x}:", sbdf.segment);
     let mut parts = link.split('/').skip_while(|c| !c.starts_with(&root_prefix));
@@ -318,15 +270,44 @@ pub fn port_of(root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<P
             .ok_or_else(|| format!("bus of {comp} is below its bridge's"))?;
         hops.push(hop(comp, bus));
         if i + 1 < chain.len() {
-            let sec = read_attr(&device_dir(root, comp), "secondary_bus_number")
-                .ok()
-                .flatten()
-                .and_then(|s| s.parse::<u8>().ok())
+            offset = bridges
+                .secondary(root, comp)
                 .ok_or_else(|| format!("bridge {comp} has no readable secondary_bus_number"))?;
-            offset = sec;
         }
     }
     PciPath::new(sbdf.segment, hops).ok_or_else(|| "empty path".to_owned())
+}
+
+/// The first 64 bytes of a function's configuration space (the header
+/// every user may read).
+struct Config([u8; 64]);
+
+impl Config {
+    fn byte(&self, at: usize) -> Option<u8> {
+        self.0.get(at).copied()
+    }
+    fn word(&self, at: usize) -> Option<u16> {
+        Some(u16::from_le_bytes([self.byte(at)?, self.byte(at + 1)?]))
+    }
+    fn header_type(&self) -> Option<u8> {
+        self.byte(0x0e).map(|b| b & 0x7f)
+    }
+}
+
+/// Reads `config` with one `read`; `None` when it is missing or shorter
+/// than the header (then the separate attributes are read).
+fn read_config(dir: &Path) -> Option<Config> {
+    let mut buf = [0u8; 64];
+    let mut f = std::fs::File::open(dir.join("config")).ok()?;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(buf.get_mut(n..)?) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    (n == buf.len()).then_some(Config(buf))
 }
 
 /// Reads a small attribute; `Ok(None)` when it does not exist. sysfs hands
@@ -348,9 +329,9 @@ fn read_attr(dir: &Path, name: &str) -> std::io::Result<Option<String>> {
 /// The device's real directory: the `bus/pci/devices` link resolved
 /// lexically (sysfs directories are not links), so that each attribute
 /// open does not walk the link again. The link path itself when unreadable.
-fn real_dir(root: &Path, sbdf: &Sbdf) -> PathBuf {
+fn real_dir_from(root: &Path, sbdf: &Sbdf, target: Option<&Path>) -> PathBuf {
     let link_dir = device_dir(root, sbdf);
-    let Ok(target) = std::fs::read_link(&link_dir) else {
+    let Some(target) = target else {
         return link_dir;
     };
     let mut out = root.join("bus/pci/devices");
@@ -394,9 +375,16 @@ fn read_reset(dir: &Path, problems: &mut Vec<String>) -> Reset {
     }
 }
 
-fn read_device(root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<PciDevice, String> {
-    let port = port_of(root, roots, sbdf)?;
-    let dir = real_dir(root, &sbdf);
+fn read_device(
+    root: &Path,
+    roots: &BTreeSet<(u16, u8)>,
+    sbdf: Sbdf,
+    bridges: &mut Bridges,
+) -> Result<PciDevice, String> {
+    // The link once: it gives both the path and the real directory.
+    let link = std::fs::read_link(device_dir(root, &sbdf)).ok();
+    let port = port_of(root, roots, sbdf, link.as_deref(), bridges)?;
+    let dir = real_dir_from(root, &sbdf, link.as_deref());
     let mut problems = Vec::new();
     let mut hex = |name: &str, max: u32| -> Option<u32> {
         match read_attr(&dir, name) {
@@ -414,14 +402,37 @@ fn read_device(root: &Path, roots: &BTreeSet<(u16, u8)>, sbdf: Sbdf) -> Result<P
             }
         }
     };
-    let vendor = hex("vendor", 0xffff).map(|v| v as u16);
-    let device = hex("device", 0xffff).map(|v| v as u16);
-    let class = hex("class", 0xff_ffff);
-    let subsystem = match (hex("subsystem_vendor", 0xffff), hex("subsystem_device", 0xffff)) {
-        (Some(v), Some(d)) => Some((v as u16, d as u16)),
-        _ => None,
+    // One read of the config header gives the ids, class and revision
+    // (and, for an ordinary function, the subsystem); the attribute files
+    // are the fallback.
+    let (vendor, device, class, revision, subsystem) = match read_config(&dir) {
+        Some(c) => {
+            let class = c
+                .byte(0x09)
+                .zip(c.word(0x0a))
+                .map(|(pi, cs)| u32::from(cs) << 8 | u32::from(pi));
+            let subsystem = match c.header_type() {
+                Some(0) => c.word(0x2c).zip(c.word(0x2e)),
+                // Bridges keep it in a capability: the attributes say it.
+                _ => match (hex("subsystem_vendor", 0xffff), hex("subsystem_device", 0xffff)) {
+                    (Some(v), Some(d)) => Some((v as u16, d as u16)),
+                    _ => None,
+                },
+            };
+            (c.word(0), c.word(2), class, c.byte(0x08), subsystem)
+        }
+        None => {
+            let vendor = hex("vendor", 0xffff).map(|v| v as u16);
+            let device = hex("device", 0xffff).map(|v| v as u16);
+            let class = hex("class", 0xff_ffff);
+            let subsystem = match (hex("subsystem_vendor", 0xffff), hex("subsystem_device", 0xffff)) {
+                (Some(v), Some(d)) => Some((v as u16, d as u16)),
+                _ => None,
+            };
+            let revision = hex("revision", 0xff).map(|v| v as u8);
+            (vendor, device, class, revision, subsystem)
+        }
     };
-    let revision = hex("revision", 0xff).map(|v| v as u8);
     let driver = read_driver(&dir);
     let reset = read_reset(&dir, &mut problems);
     Ok(PciDevice {

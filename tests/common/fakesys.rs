@@ -108,6 +108,24 @@ impl FakeSysfs {
         if let Some(s) = d.secondary {
             write(&abs.join("secondary_bus_number"), &s.to_string());
         }
+        // The config header the attributes come from (as the kernel shows
+        // it to a user that is not root: the first 64 bytes).
+        let mut config = [0u8; 64];
+        config[0..2].copy_from_slice(&d.vendor.to_le_bytes());
+        config[2..4].copy_from_slice(&d.device.to_le_bytes());
+        config[8] = 0x02;
+        config[9..12].copy_from_slice(&d.class.to_le_bytes()[..3]);
+        match d.secondary {
+            Some(sec) => {
+                config[0x0e] = 1;
+                config[0x19] = sec;
+            }
+            None => {
+                config[0x2c..0x2e].copy_from_slice(&d.vendor.to_le_bytes());
+                config[0x2e..0x30].copy_from_slice(&1u16.to_le_bytes());
+            }
+        }
+        std::fs::write(abs.join("config"), config).unwrap();
         if let Some(drv) = d.driver {
             let drv_dir = self.root().join("bus/pci/drivers").join(drv);
             std::fs::create_dir_all(&drv_dir).unwrap();
@@ -206,6 +224,9 @@ impl FakeSysfs {
             )
             .add(FakeDev::new("0000:00:1f.3", 0x8086, 0x9ca0, 0x040300))
             .add(FakeDev::new("0001:00:02.0", 0x144d, 0xa808, 0x010802).driver("nvme"));
+        // No config header to read: the attributes are read instead, and
+        // its class is unreadable too.
+        s.break_attr("0000:00:1f.3", "config");
         s.break_attr("0000:00:1f.3", "class");
         s
     }
