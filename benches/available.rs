@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 //! `Available` latency in exec mode on a fake sysfs of 256 devices, against
 //! spawning `/bin/true` the same way (same environment, piped stdio), in
-//! one run. `cargo bench --bench available`.
+//! one run: answered by the process itself (with a real-size 1.5 MB
+//! pci.ids, and with the built-in copy), and handed to a running daemon.
+//! `cargo bench --bench available`.
 
 #[path = "../tests/common/fakesys.rs"]
 mod fakesys;
@@ -43,7 +45,8 @@ fn main() {
     std::fs::write(&si, r#"{"domains": {"dom0": {"type": "AdminVM", "tags": []}}}"#).expect("write");
     let link = dir.path().join("admin.vm.device.pci.Available");
     std::os::unix::fs::symlink(BIN, &link).expect("symlink");
-    let small_ids = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pci.ids");
+    let full_ids = concat!(env!("OUT_DIR"), "/pci.ids.full");
+    let daemon_socket = dir.path().join("daemon.sock");
     let base = vec![
         ("QREXEC_REMOTE_DOMAIN", "dom0".to_owned()),
         ("QREXEC_REQUESTED_TARGET_TYPE", "keyword".to_owned()),
@@ -54,9 +57,14 @@ fn main() {
         ("QUBES_PCI_ADMIN_LOG", "off".to_owned()),
     ];
     let mut with_file = base.clone();
-    with_file.push(("QUBES_PCI_ADMIN_PCI_IDS", small_ids.to_owned()));
+    with_file.push(("QUBES_PCI_ADMIN_PCI_IDS", full_ids.to_owned()));
+    with_file.push(("QUBES_PCI_ADMIN_DAEMON_SOCKET", "none".to_owned()));
     let mut embedded = base.clone();
     embedded.push(("QUBES_PCI_ADMIN_PCI_IDS", "/nonexistent/pci.ids".to_owned()));
+    embedded.push(("QUBES_PCI_ADMIN_DAEMON_SOCKET", "none".to_owned()));
+    let mut handed = base.clone();
+    handed.push(("QUBES_PCI_ADMIN_PCI_IDS", full_ids.to_owned()));
+    handed.push(("QUBES_PCI_ADMIN_DAEMON_SOCKET", daemon_socket.display().to_string()));
 
     if std::env::var_os("AVAILABLE_BENCH_KEEP").is_some() {
         // For profiling by hand: keep the tree and print the call.
@@ -68,11 +76,29 @@ fn main() {
     }
     let (_, bytes) = spawn_once(&link, &with_file);
     assert!(bytes > 256 * 100, "Available returned only {bytes} bytes");
+    // The daemon, with the same settings.
+    let mut daemon = Command::new(BIN)
+        .env_clear()
+        .envs(with_file.iter().map(|(k, v)| (*k, v.as_str())))
+        .args(["serve", "--socket"])
+        .arg(&daemon_socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&daemon_socket).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, handed_bytes) = spawn_once(&link, &handed);
+    assert_eq!(handed_bytes, bytes, "the daemon answers the same");
     type Case<'a> = (&'a str, &'a std::path::Path, &'a [(&'a str, String)]);
-    let cases: [Case; 3] = [
+    let cases: [Case; 4] = [
         ("/bin/true (spawn floor)", std::path::Path::new("/bin/true"), &base),
-        ("Available, 256 devices, pci.ids file", &link, &with_file),
+        ("Available, 256 devices, 1.5 MB pci.ids", &link, &with_file),
         ("Available, 256 devices, built-in pci.ids", &link, &embedded),
+        ("Available, handed to the daemon", &link, &handed),
     ];
     let mut results = Vec::new();
     // Interleave the cases so drift on the machine hits all alike.
@@ -85,6 +111,8 @@ fn main() {
     for ((name, _, _), s) in cases.iter().zip(samples) {
         results.push((name, stats(s)));
     }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
     let floor = results[0].1 .0.as_secs_f64();
     println!("available bench: {ROUNDS} rounds each, interleaved, output {bytes} bytes");
     println!(

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qubes-pci-admin");
+const FULL_PCI_IDS: &str = concat!(env!("OUT_DIR"), "/pci.ids.full");
 const RUN_FOR: Duration = Duration::from_millis(1500);
 const EXEC_ROUNDS: usize = 200;
 
@@ -134,6 +135,8 @@ fn main() {
         ("QUBES_PCI_ADMIN_QUBES_XML", xml.clone()),
         ("QUBES_PCI_ADMIN_POLICY_DIR", policy.clone()),
         ("QUBES_PCI_ADMIN_SYSTEM_INFO", si.clone()),
+        // A real-size pci.ids (1.5 MB, written by build.rs from the pci-ids crate).
+        ("QUBES_PCI_ADMIN_PCI_IDS", PathBuf::from(FULL_PCI_IDS)),
     ];
     // A few assignments for Assigned to list, in qubesd's qubes.xml.
     let devices: String = (0..4)

@@ -27,6 +27,9 @@ pub struct Watch {
     inotify: Inotify,
     /// The directories and files watched.
     watched: BTreeSet<PathBuf>,
+    /// The paths given to [`Watch::add`] (a missing one is watched through
+    /// an ancestor).
+    asked: BTreeSet<PathBuf>,
 }
 
 fn mask() -> AddWatchFlags {
@@ -46,6 +49,7 @@ impl Watch {
         Ok(Watch {
             inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
             watched: BTreeSet::new(),
+            asked: BTreeSet::new(),
         })
     }
 
@@ -55,6 +59,7 @@ impl Watch {
     /// through its nearest existing ancestor, so its creation counts.
     /// `false` when no watch could be added.
     pub fn add(&mut self, path: &Path) -> bool {
+        self.asked.insert(path.to_owned());
         let mut targets = vec![path.to_owned()];
         if let Some(parent) = path.parent() {
             targets.push(parent.to_owned());
@@ -100,9 +105,9 @@ impl Watch {
         }
     }
 
-    /// Whether `path` is watched already (as itself).
+    /// Whether `path` was given to [`Watch::add`] already.
     pub fn covers(&self, path: &Path) -> bool {
-        self.watched.contains(path)
+        self.asked.contains(path)
     }
 
     /// Whether anything happened since the last call; reads every pending
@@ -303,6 +308,23 @@ mod tests {
         assert_eq!(*get(), "1");
         assert_eq!(*get(), "1");
         assert_eq!(loads.get(), 1);
+        // A value from a path that does not exist is kept too.
+        let absent = dir.path().join("nothing/here");
+        let kept_absent: Kept<bool> = Kept::default();
+        let absent_loads = std::cell::Cell::new(0);
+        for _ in 0..3 {
+            kept_absent
+                .get(
+                    |_| vec![absent.clone()],
+                    || false,
+                    || {
+                        absent_loads.set(absent_loads.get() + 1);
+                        Ok::<_, ()>(absent.exists())
+                    },
+                )
+                .unwrap();
+        }
+        assert_eq!(absent_loads.get(), 1);
         for i in 2..20 {
             std::fs::write(&file, i.to_string()).unwrap();
             assert_eq!(*get(), i.to_string(), "seen on the next call");

@@ -69,6 +69,17 @@ pub struct Config {
     #[arg(long, env = "QUBES_PCI_ADMIN_SYSTEM_INFO", global = true)]
     pub system_info: Option<PathBuf>,
 
+    /// The daemon's socket: exec mode hands each call to the daemon
+    /// listening there, and answers it itself when nothing listens. `none`:
+    /// never hand over.
+    #[arg(
+        long,
+        env = "QUBES_PCI_ADMIN_DAEMON_SOCKET",
+        default_value = "/run/qubes-pci-admin.sock",
+        global = true
+    )]
+    pub daemon_socket: PathBuf,
+
     /// pci.ids database; default: /usr/share/hwdata/pci.ids, then
     /// /usr/share/misc/pci.ids, then the copy built into the binary.
     #[arg(long, env = "QUBES_PCI_ADMIN_PCI_IDS", global = true)]

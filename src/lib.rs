@@ -4,6 +4,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod handoff;
 pub mod logging;
 pub mod passthrough;
 pub mod pci;

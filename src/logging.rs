@@ -11,6 +11,10 @@ use tracing_subscriber::EnvFilter;
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
 pub fn init(default_level: &str) {
+    // Nothing to set up when logging is off.
+    if std::env::var_os("QUBES_PCI_ADMIN_LOG").is_some_and(|v| v == "off") {
+        return;
+    }
     let filter = EnvFilter::try_from_env("QUBES_PCI_ADMIN_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let journald = Path::new(JOURNALD_SOCKET)
         .exists()

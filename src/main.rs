@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use qubes_pci_admin::api::Service;
+use qubes_pci_admin::handoff::Handoff;
 use qubes_pci_admin::serve::{self, ServeOptions};
 use qubes_pci_admin::{logging, Config};
 use qubes_pci_rpc::{DecodeError, ExceptionKind, Reply, UntrustedRequest, UntrustedTarget, MAX_REQUEST};
@@ -254,6 +255,26 @@ fn exec_reply(argv0: &str) -> Vec<u8> {
                 .and_then(|p| UntrustedRequest::decode_exec(argv0, argv1.as_deref(), |k| std::env::var(k).ok(), p)),
         }
     };
+    // A well-formed call goes to the daemon when one answers (what cannot
+    // be framed, or is not valid, is answered here with its typed error).
+    if let Ok(untrusted) = &request {
+        if untrusted.clone().validate().is_ok() {
+            let timeout = std::time::Duration::from_millis(svc.config.qubesd_timeout_ms.saturating_add(10_000));
+            match qubes_pci_admin::handoff::to_daemon(&svc.config.daemon_socket, untrusted, timeout) {
+                Handoff::Answered(reply) => return reply,
+                Handoff::NoDaemon => {}
+                Handoff::Broken(e) => {
+                    tracing::error!(error = %e, "the daemon took the call but gave no whole reply");
+                    return Reply::error(
+                        ExceptionKind::QubesException,
+                        "qubes-pci-admin stopped while answering this call, so it may or may not have taken \
+                         effect: check with qvm-pci list before trying again",
+                    )
+                    .encode();
+                }
+            }
+        }
+    }
     svc.answer(request).bytes
 }
 

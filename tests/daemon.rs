@@ -539,3 +539,68 @@ fn kept_devices_follow_replacements_driver_changes_and_writes() {
     let fresh = env.exec("admin.vm.device.pci.Available", "", "mgmt", "@adminvm", b"");
     assert_eq!(listing().into_bytes(), fresh.stdout);
 }
+
+/// Exec mode hands a call to the daemon listening on its socket (here a
+/// daemon in echo mode, so the answer shows who answered), answers it
+/// itself when nothing listens, and when the daemon takes the call but
+/// dies before replying, says so instead of running the call a second
+/// time.
+#[test]
+fn exec_mode_hands_calls_to_the_daemon_and_falls_back_when_none_answers() {
+    let env = policy_env();
+    let call = || env.exec("admin.vm.device.pci.Available", "", "mgmt", "@adminvm", b"");
+    let own = call();
+    assert!(own.stdout.starts_with(b"0\0") && own.stdout.len() > 100);
+
+    let socket = env.handoff_socket();
+    let mut daemon = Command::new(BIN)
+        .env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .envs(env.envs())
+        .args(["serve", "--echo", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The echo daemon answers `0\0` and the payload: the call went there.
+    let handed = env.exec("admin.vm.device.pci.Available", "", "mgmt", "@adminvm", b"");
+    assert_eq!(handed.stdout, b"0\0");
+    // A call that is not valid is answered here, with its typed error.
+    let bad = env.exec("admin.vm.device.pci.Available", "", "mg mt", "@adminvm", b"");
+    assert!(
+        bad.stdout.starts_with(b"2\0"),
+        "{:?}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+
+    // Nothing answers on the (stale) socket: the call is answered here.
+    assert_eq!(call().stdout, own.stdout);
+
+    // A listener that takes calls and closes without a reply.
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let taker = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        buf
+    });
+    let broken = call();
+    let sent = taker.join().unwrap();
+    assert!(
+        sent.starts_with(b"admin.vm.device.pci.Available+ mgmt keyword adminvm\0"),
+        "{sent:?}"
+    );
+    let text = String::from_utf8_lossy(&broken.stdout);
+    assert!(text.starts_with("2\0QubesException\0\0"), "{text:?}");
+    assert!(text.contains("check with qvm-pci list"), "{text:?}");
+    assert_eq!(broken.status.code(), Some(0));
+}

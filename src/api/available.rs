@@ -15,9 +15,12 @@ pub(super) fn handle(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     if !call.dest_is_dom0() {
         return Ok(Output::Devices(Vec::new()));
     }
+    let Some(port) = filter else {
+        return Ok(Output::Rendered(svc.available_rendered()?));
+    };
     let inventory = svc.inventory()?;
     let names = svc.pci_names();
-    Ok(Output::Devices(device_infos(&inventory, &names, filter)))
+    Ok(Output::Devices(device_infos(&inventory, &names, Some(port))))
 }
 
 /// The `Available` view of the inventory, optionally of one port.

@@ -23,6 +23,7 @@ pub use assign::{find_for_arg, option_denied, record_of, OPTION_SERVICE};
 pub use available::{describe, device_infos};
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::cache::{Kept, Uevents};
 use crate::error::ApiError;
@@ -53,7 +54,13 @@ struct KeptValues {
     /// `None` when nothing would say a device changed (the real `/sys`
     /// without a uevent socket): then devices are read on every call.
     devices: Option<(Kept<Inventory>, Option<Uevents>)>,
+    /// The whole `Available` answer, for the devices and names it was
+    /// rendered from (the very values kept, compared by identity).
+    available: Mutex<Option<RenderedFrom>>,
 }
+
+/// A rendered `Available` and the kept values it was rendered from.
+type RenderedFrom = (Arc<Inventory>, Arc<PciNames>, Arc<Rendered>);
 
 /// Loads through `kept` when there is one, else directly.
 fn through<T, E>(
@@ -73,30 +80,44 @@ fn through<T, E>(
 pub enum Output {
     Empty,
     Devices(Vec<DeviceInfo>),
+    /// A device listing already rendered (the daemon keeps the whole
+    /// `Available` answer while the devices and names it came from are
+    /// the ones it keeps).
+    Rendered(Arc<Rendered>),
     Assignments(Vec<Assignment>),
+}
+
+/// Devices and their text body, rendered once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rendered {
+    pub devices: Vec<DeviceInfo>,
+    pub text: Vec<u8>,
+}
+
+impl Rendered {
+    pub fn new(devices: Vec<DeviceInfo>) -> Result<Rendered, ApiError> {
+        let text = sorted_lines(devices.iter().map(DeviceInfo::to_line))?;
+        Ok(Rendered { devices, text })
+    }
 }
 
 impl Output {
     /// The text body: one line each, sorted.
     pub fn to_text(&self) -> Result<Vec<u8>, ApiError> {
-        let mut lines: Vec<String> = match self {
-            Output::Empty => Vec::new(),
-            Output::Devices(d) => d.iter().map(|i| i.to_line()).collect::<Result<_, _>>()?,
-            Output::Assignments(a) => a.iter().map(|i| i.to_line()).collect::<Result<_, _>>()?,
-        };
-        lines.sort();
-        Ok(lines.concat().into_bytes())
+        match self {
+            Output::Empty => Ok(Vec::new()),
+            Output::Devices(d) => sorted_lines(d.iter().map(DeviceInfo::to_line)),
+            Output::Rendered(r) => Ok(r.text.clone()),
+            Output::Assignments(a) => sorted_lines(a.iter().map(Assignment::to_line)),
+        }
     }
 
     /// The native answer, in the same order as the text lines.
     pub fn to_answer(&self) -> Answer {
         match self {
             Output::Empty => Answer::Done,
-            Output::Devices(d) => {
-                let mut d: Vec<&DeviceInfo> = d.iter().collect();
-                d.sort_by_cached_key(|i| i.list_key());
-                Answer::Devices(d.into_iter().map(DeviceEntry::from).collect())
-            }
+            Output::Devices(d) => devices_answer(d),
+            Output::Rendered(r) => devices_answer(&r.devices),
             Output::Assignments(a) => {
                 let mut a: Vec<&Assignment> = a.iter().collect();
                 a.sort_by_cached_key(|i| i.to_line().unwrap_or_default());
@@ -104,6 +125,23 @@ impl Output {
             }
         }
     }
+}
+
+/// The native answer listing devices, in the text lines' order.
+fn devices_answer(d: &[DeviceInfo]) -> Answer {
+    let mut d: Vec<&DeviceInfo> = d.iter().collect();
+    d.sort_by_cached_key(|i| i.list_key());
+    Answer::Devices(d.into_iter().map(DeviceEntry::from).collect())
+}
+
+/// The text body: the lines, sorted.
+fn sorted_lines<E>(lines: impl Iterator<Item = Result<String, E>>) -> Result<Vec<u8>, ApiError>
+where
+    ApiError: From<E>,
+{
+    let mut lines: Vec<String> = lines.collect::<Result<_, _>>()?;
+    lines.sort();
+    Ok(lines.concat().into_bytes())
 }
 
 /// The protocol a call spoke, known from its payload.
@@ -286,6 +324,32 @@ impl Service {
         Ok(through(devices.map(|(k, _)| k), paths, uevents_say, || {
             Inventory::scan(root)
         })?)
+    }
+
+    /// `Available` for every device, rendered once per kept inventory and
+    /// pci.ids.
+    pub fn available_rendered(&self) -> Result<Arc<Rendered>, ApiError> {
+        let inventory = self.inventory()?;
+        let names = self.pci_names();
+        let render = || -> Result<Arc<Rendered>, ApiError> {
+            Ok(Arc::new(Rendered::new(available::device_infos(
+                &inventory, &names, None,
+            ))?))
+        };
+        let Some(kept) = self.kept.as_deref() else {
+            return render();
+        };
+        let Ok(mut memo) = kept.available.lock() else {
+            return render();
+        };
+        if let Some((i, n, r)) = memo.as_ref() {
+            if Arc::ptr_eq(i, &inventory) && Arc::ptr_eq(n, &names) {
+                return Ok(r.clone());
+            }
+        }
+        let r = render()?;
+        *memo = Some((inventory.clone(), names.clone(), r.clone()));
+        Ok(r)
     }
 
     /// pci.ids, indexed again only when the file changed.

@@ -3,13 +3,18 @@
 //! (header, NUL, payload, EOF; then the reply and close), answered by the
 //! same handler as exec mode.
 //!
-//! Threads, not an async runtime. One thread accepts connections and reads
-//! every request at once (non-blocking, one `poll` over the listener, the
-//! signalfd and every connection still sending), so a client that connects
-//! and sends nothing never holds a worker: it is cut off at the header
-//! deadline (qrexec writes the header at once) or, once the header came, at
-//! the read deadline. Only complete requests go to the bounded pool of
-//! workers, through a bounded queue, so at most `workers` calls run.
+//! Threads, not an async runtime. Each of the bounded pool of workers
+//! accepts connections itself and answers a request that arrives at once
+//! (qrexec writes the whole call as it connects) in the same thread: no
+//! hand-off on the common path. A connection whose request is not complete
+//! within [`FAST_WAIT`] goes to the reading thread, which reads every such
+//! connection at once (non-blocking, one `poll`), so a client that connects
+//! and sends nothing holds a worker for at most that long: it is cut off at
+//! the header deadline (qrexec writes the header at once) or, once the
+//! header came, at the read deadline, and its complete request goes back to
+//! the workers through a queue. At most `workers` calls run at a time. The
+//! reading thread also takes SIGTERM/SIGINT from a signalfd and tells
+//! systemd how things stand.
 
 mod conn;
 mod notify;
@@ -17,11 +22,13 @@ mod notify;
 use std::os::fd::{AsFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use conn::{Job, Pending, Progress};
+use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,11 +116,72 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(l)
 }
 
+/// How long a worker waits for the rest of a request it accepted before it
+/// hands the connection to the reading thread.
+const FAST_WAIT: Duration = Duration::from_millis(2);
+
+/// Connections read by the reading thread at the same time; past this,
+/// workers accept no more until some finish (they wait in the listen
+/// backlog).
+const MAX_PENDING: usize = 512;
+
+/// A wake-up line between threads: a datagram per wake-up.
+struct Bell {
+    rx: UnixDatagram,
+    tx: UnixDatagram,
+}
+
+impl Bell {
+    fn new() -> std::io::Result<Bell> {
+        let (rx, tx) = UnixDatagram::pair()?;
+        rx.set_nonblocking(true)?;
+        tx.set_nonblocking(true)?;
+        Ok(Bell { rx, tx })
+    }
+    fn ring(&self) {
+        let _ = self.tx.send(&[1]);
+    }
+    /// Takes one wake-up, if any.
+    fn take(&self) {
+        let _ = self.rx.recv(&mut [0u8; 1]);
+    }
+    /// Takes every wake-up.
+    fn drain(&self) {
+        let mut b = [0u8; 1];
+        while self.rx.recv(&mut b).is_ok() {}
+    }
+}
+
+/// What the threads share.
+struct Shared {
+    listener: UnixListener,
+    counters: Arc<Counters>,
+    opts: ServeOptions,
+    /// Set at SIGTERM/SIGINT: no more accepting.
+    stopping: AtomicBool,
+    /// Rung once at the stop and never taken, so every worker sees it.
+    stop_bell: Bell,
+    /// Set when the reading thread has handed over its last job.
+    reader_done: AtomicBool,
+    /// Complete requests (or cut-off connections) from the reading thread.
+    jobs: Mutex<VecDeque<Job>>,
+    jobs_bell: Bell,
+    /// Connections a worker could not read at once, for the reading thread.
+    slow: Mutex<Vec<Pending>>,
+    slow_bell: Bell,
+    /// Connections the reading thread holds (and those on their way to it).
+    pending: AtomicUsize,
+}
+
+fn bell() -> Result<Bell, ServeError> {
+    Bell::new().map_err(sys("creating a wake-up socket pair"))
+}
+
 /// Runs until SIGTERM or SIGINT; then stops accepting, finishes the calls
 /// already accepted and returns.
 pub fn serve(svc: Service, opts: ServeOptions) -> Result<(), ServeError> {
     // Block the stop signals in every thread (workers inherit the mask) and
-    // read them from a signalfd in the accept loop.
+    // read them from a signalfd in the reading thread.
     let (listener, made) = listener(&opts)?;
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
@@ -133,15 +201,24 @@ pub fn serve(svc: Service, opts: ServeOptions) -> Result<(), ServeError> {
 
     let workers = opts.workers.max(1);
     let counters = Arc::new(Counters::default());
-    let (tx, rx) = sync_channel::<Job>(workers);
-    let rx = Arc::new(Mutex::new(rx));
+    let shared = Arc::new(Shared {
+        listener,
+        counters: counters.clone(),
+        opts: opts.clone(),
+        stopping: AtomicBool::new(false),
+        stop_bell: bell()?,
+        reader_done: AtomicBool::new(false),
+        jobs: Mutex::new(VecDeque::new()),
+        jobs_bell: bell()?,
+        slow: Mutex::new(Vec::new()),
+        slow_bell: bell()?,
+        pending: AtomicUsize::new(0),
+    });
     let handles: Vec<_> = (0..workers)
         .map(|_| {
-            let rx = rx.clone();
+            let shared = shared.clone();
             let svc = svc.clone();
-            let counters = counters.clone();
-            let opts = opts.clone();
-            std::thread::spawn(move || worker(&rx, &svc, &counters, &opts))
+            std::thread::spawn(move || worker(&shared, &svc))
         })
         .collect();
 
@@ -149,14 +226,10 @@ pub fn serve(svc: Service, opts: ServeOptions) -> Result<(), ServeError> {
     notify::ready(&counters);
     tracing::info!(workers, "serving admin.vm.device.pci.* calls");
     let mut reader = Reader {
-        listener: Some(&listener),
+        shared: &shared,
         signals: &signals,
-        tx: &tx,
-        counters: &counters,
         watchdog,
-        opts: &opts,
         pending: Vec::new(),
-        ready: std::collections::VecDeque::new(),
     };
     let stop_reason = reader.run();
     notify::stopping(&counters);
@@ -164,15 +237,15 @@ pub fn serve(svc: Service, opts: ServeOptions) -> Result<(), ServeError> {
         reason = stop_reason,
         "stopping: no new connections; finishing the calls in flight"
     );
-    reader.listener = None;
+    shared.stopping.store(true, Ordering::SeqCst);
+    shared.stop_bell.ring();
     if let Some(p) = &made {
         let _ = std::fs::remove_file(p);
     }
     // Connections accepted before the stop are still read and answered.
     reader.drain();
-    drop(reader);
-    drop(listener);
-    drop(tx);
+    shared.reader_done.store(true, Ordering::SeqCst);
+    shared.jobs_bell.ring();
     for h in handles {
         let _ = h.join();
     }
@@ -180,26 +253,17 @@ pub fn serve(svc: Service, opts: ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Connections read at the same time; past this, no more are accepted
-/// until some finish (they wait in the listen backlog).
-const MAX_PENDING: usize = 512;
-
-/// The accepting and reading thread.
+/// The reading thread: slow connections, deadlines, signals, systemd.
 struct Reader<'a> {
-    listener: Option<&'a UnixListener>,
+    shared: &'a Shared,
     signals: &'a SignalFd,
-    tx: &'a SyncSender<Job>,
-    counters: &'a Counters,
     watchdog: Option<Duration>,
-    opts: &'a ServeOptions,
     /// Connections still sending their request.
     pending: Vec<Pending>,
-    /// Jobs waiting for room in the workers' queue.
-    ready: std::collections::VecDeque<Job>,
 }
 
 impl Reader<'_> {
-    /// Until SIGTERM/SIGINT: accept, read, hand complete requests over.
+    /// Until SIGTERM/SIGINT.
     fn run(&mut self) -> &'static str {
         let tick = self
             .watchdog
@@ -211,47 +275,57 @@ impl Reader<'_> {
                 notify::watchdog();
             }
             if last_status.elapsed() >= tick {
-                notify::status(self.counters);
+                notify::status(&self.shared.counters);
                 last_status = Instant::now();
             }
-            match self.step(tick) {
-                Ok(Some(reason)) => return reason,
-                Ok(None) => {}
-                Err(reason) => return reason,
+            if let Some(reason) = self.step(tick) {
+                return reason;
             }
         }
     }
 
-    /// After the stop: read and hand over what was accepted, then return.
+    /// After the stop: read what was accepted, then return.
     fn drain(&mut self) {
-        while !self.pending.is_empty() || !self.ready.is_empty() {
-            if self.step(Duration::from_millis(100)).is_err() {
+        loop {
+            self.take_slow();
+            if self.pending.is_empty() && self.shared.pending.load(Ordering::SeqCst) == 0 {
                 return;
             }
+            let _ = self.step(Duration::from_millis(100));
         }
+    }
+
+    fn take_slow(&mut self) {
+        self.shared.slow_bell.drain();
+        if let Ok(mut slow) = self.shared.slow.lock() {
+            self.pending.append(&mut slow);
+        }
+    }
+
+    fn finish(&self, job: Job) {
+        if let Ok(mut jobs) = self.shared.jobs.lock() {
+            jobs.push_back(job);
+        }
+        self.shared.pending.fetch_sub(1, Ordering::SeqCst);
+        self.shared.jobs_bell.ring();
     }
 
     /// One round: wait for input (at most `tick`, or the nearest
-    /// deadline), then accept, read and hand over. `Ok(Some)` is a stop
-    /// signal, `Err` the workers being gone.
-    fn step(&mut self, tick: Duration) -> Result<Option<&'static str>, &'static str> {
-        self.flush()?;
+    /// deadline), then read; `Some` is a stop signal.
+    fn step(&mut self, tick: Duration) -> Option<&'static str> {
+        self.take_slow();
         let now = Instant::now();
+        let opts = &self.shared.opts;
         let wait = self
             .pending
             .iter()
-            .map(|p| p.deadline(self.opts).saturating_duration_since(now))
+            .map(|p| p.deadline(opts).saturating_duration_since(now))
             .chain(std::iter::once(tick))
-            .chain((!self.ready.is_empty()).then_some(Duration::from_millis(5)))
             .min()
             .unwrap_or(tick);
-        let accepting = self.listener.is_some() && self.pending.len() + self.ready.len() < MAX_PENDING;
         let mut fds: Vec<PollFd> = Vec::with_capacity(self.pending.len() + 2);
         fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
-        if let (true, Some(l)) = (accepting, self.listener) {
-            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
-        }
-        let first_conn = fds.len();
+        fds.push(PollFd::new(self.shared.slow_bell.rx.as_fd(), PollFlags::POLLIN));
         fds.extend(
             self.pending
                 .iter()
@@ -261,89 +335,137 @@ impl Reader<'_> {
         let polled = poll(&mut fds, timeout).is_ok();
         let readable = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
         let signal = polled && fds.first().is_some_and(readable);
-        let listen = polled && accepting && fds.get(1).is_some_and(readable);
         let ready_conns: Vec<bool> = (0..self.pending.len())
-            .map(|i| polled && fds.get(first_conn + i).is_some_and(readable))
+            .map(|i| polled && fds.get(2 + i).is_some_and(readable))
             .collect();
         drop(fds);
-        if signal {
-            if let Ok(Some(info)) = self.signals.read_signal() {
-                return Ok(Some(if info.ssi_signo == Signal::SIGINT as u32 {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
-                }));
-            }
-        }
         // Read what arrived; finish what is complete or out of time.
         let now = Instant::now();
         let mut still = Vec::with_capacity(self.pending.len());
         for (p, ready) in std::mem::take(&mut self.pending).into_iter().zip(ready_conns) {
             let progress = if ready { p.read() } else { Progress::More(p) };
             match progress {
-                Progress::More(p) if now >= p.deadline(self.opts) => self.ready.push_back(p.cut_off()),
+                Progress::More(p) if now >= p.deadline(opts) => self.finish(p.cut_off()),
                 Progress::More(p) => still.push(p),
-                Progress::Done(job) => self.ready.push_back(job),
+                Progress::Done(job) => self.finish(job),
             }
         }
         self.pending = still;
-        if listen {
-            self.accept();
-        }
-        self.flush()?;
-        Ok(None)
-    }
-
-    /// Takes every pending connection (up to the cap).
-    fn accept(&mut self) {
-        let Some(listener) = self.listener else { return };
-        while self.pending.len() + self.ready.len() < MAX_PENDING {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    match Pending::new(stream) {
-                        Ok(p) => self.pending.push(p),
-                        Err(e) => tracing::warn!("cannot read a new connection: {e}"),
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    break;
-                }
+        if signal {
+            if let Ok(Some(info)) = self.signals.read_signal() {
+                return Some(if info.ssi_signo == Signal::SIGINT as u32 {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                });
             }
         }
-    }
-
-    /// Hands ready jobs to the workers while their queue has room.
-    fn flush(&mut self) -> Result<(), &'static str> {
-        while let Some(job) = self.ready.pop_front() {
-            match self.tx.try_send(job) {
-                Ok(()) => {}
-                Err(TrySendError::Full(job)) => {
-                    self.ready.push_front(job);
-                    return Ok(());
-                }
-                Err(TrySendError::Disconnected(_)) => return Err("workers gone"),
-            }
-        }
-        Ok(())
+        None
     }
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, svc: &Service, counters: &Counters, opts: &ServeOptions) {
+/// Answers one job and counts it.
+fn answer(job: Job, svc: &Service, shared: &Shared) {
+    let counters = &shared.counters;
+    counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    let ok = conn::handle(job, svc, &shared.opts);
+    counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    counters.calls.fetch_add(1, Ordering::Relaxed);
+    if !ok {
+        counters.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A worker: answers queued jobs first, else accepts and answers a call
+/// itself; returns once stopped with nothing left to answer.
+fn worker(shared: &Shared, svc: &Service) {
     loop {
-        let next = match rx.lock() {
-            Ok(r) => r.recv(),
-            Err(_) => return,
+        let job = shared.jobs.lock().ok().and_then(|mut j| j.pop_front());
+        if let Some(job) = job {
+            answer(job, svc, shared);
+            continue;
+        }
+        let stopping = shared.stopping.load(Ordering::SeqCst);
+        if stopping && shared.reader_done.load(Ordering::SeqCst) {
+            let empty = shared.jobs.lock().map(|j| j.is_empty()).unwrap_or(true);
+            if empty {
+                return;
+            }
+            continue;
+        }
+        let room = shared.pending.load(Ordering::SeqCst) < MAX_PENDING;
+        let accepting = !stopping && room;
+        // The stop bell wakes a worker waiting on the listener at the stop;
+        // once stopping, only jobs matter.
+        let mut fds = vec![PollFd::new(shared.jobs_bell.rx.as_fd(), PollFlags::POLLIN)];
+        if !stopping {
+            fds.push(PollFd::new(shared.stop_bell.rx.as_fd(), PollFlags::POLLIN));
+        }
+        if accepting {
+            fds.push(PollFd::new(shared.listener.as_fd(), PollFlags::POLLIN));
+        }
+        let wait = match (stopping, room) {
+            (true, _) => 100,
+            (false, true) => 1000,
+            // Full: look again soon.
+            (false, false) => 5,
         };
-        let Ok(job) = next else { return };
-        counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let ok = conn::handle(job, svc, opts);
-        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-        counters.calls.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+        if poll(&mut fds, timeout).is_err() {
+            continue;
+        }
+        let readable = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+        let listen = accepting && fds.get(2).is_some_and(readable);
+        if fds.first().is_some_and(readable) {
+            shared.jobs_bell.take();
+        }
+        drop(fds);
+        if listen {
+            accept_one(shared, svc);
         }
     }
+}
+
+/// Accepts a connection, if one is waiting, and answers it here when its
+/// request arrives within [`FAST_WAIT`]; otherwise hands it to the reading
+/// thread.
+fn accept_one(shared: &Shared, svc: &Service) {
+    let stream = match shared.listener.accept() {
+        Ok((s, _)) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+        Err(e) => {
+            tracing::warn!("accept failed: {e}");
+            return;
+        }
+    };
+    shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    let pending = match Pending::new(stream) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("cannot read a new connection: {e}");
+            return;
+        }
+    };
+    let until = Instant::now() + FAST_WAIT;
+    let mut p = pending;
+    loop {
+        match p.read() {
+            Progress::Done(job) => return answer(job, svc, shared),
+            Progress::More(more) => p = more,
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut fds = [PollFd::new(p.stream.as_fd(), PollFlags::POLLIN)];
+        let ms = left.as_millis().clamp(1, 1000) as i32;
+        if poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    shared.pending.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut slow) = shared.slow.lock() {
+        slow.push(p);
+    }
+    shared.slow_bell.ring();
 }

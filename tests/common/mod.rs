@@ -212,6 +212,11 @@ impl TestEnv {
             .collect()
     }
 
+    /// The socket exec mode hands calls to (see `envs`).
+    pub fn handoff_socket(&self) -> PathBuf {
+        self.dir.path().join("handoff.sock")
+    }
+
     /// The settings as environment variables.
     pub fn envs(&self) -> Vec<(&'static str, PathBuf)> {
         let d = self.dir.path();
@@ -222,6 +227,9 @@ impl TestEnv {
             ("QUBES_PCI_ADMIN_QUBESD_SOCKET", d.join("qubesd.sock")),
             ("QUBES_PCI_ADMIN_QUBESD_INTERNAL_SOCKET", d.join("qubesd.internal.sock")),
             ("QUBES_PCI_ADMIN_QUBES_XML", d.join("qubes.xml")),
+            // Where exec mode looks for a daemon to hand calls to: nothing
+            // listens there unless a test starts a daemon on it.
+            ("QUBES_PCI_ADMIN_DAEMON_SOCKET", self.handoff_socket()),
             (
                 "QUBES_PCI_ADMIN_PCI_IDS",
                 PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pci.ids")),

@@ -321,6 +321,7 @@ fn world() -> &'static World {
             policy_dirs: vec![d.join("policy")],
             system_info: Some(d.join("system-info.json")),
             pci_ids: Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pci.ids"))),
+            daemon_socket: PathBuf::from("none"),
         };
         World {
             svc: Service::new(config),
