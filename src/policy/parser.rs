@@ -224,28 +224,25 @@ impl fmt::Display for Rule {
 /// with no argument gives them for the characters Rust counts as
 /// whitespace; ASCII lines (nearly all) take a byte-wise fast path.
 fn fields(line: &str) -> Vec<&str> {
-    if line.is_ascii() {
-        let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
-        let mut out = Vec::with_capacity(8);
-        let bytes = line.as_bytes();
-        let mut start = None;
-        for (i, b) in bytes.iter().enumerate() {
-            match (space(b), start) {
-                (true, Some(s)) => {
-                    out.extend(line.get(s..i));
-                    start = None;
-                }
-                (false, None) => start = Some(i),
-                _ => {}
-            }
-        }
-        if let Some(s) = start {
-            out.extend(line.get(s..));
-        }
-        out
-    } else {
-        line.split_whitespace().collect()
+    fields_split(line, false)
+}
+
+/// [`fields`], with `,` a separator too when `commas` (the legacy syntax).
+fn fields_split(line: &str, commas: bool) -> Vec<&str> {
+    if !line.is_ascii() {
+        // Non-ASCII lines are rare; commas only ever separate in the legacy
+        // syntax, handled by the caller's replacement there.
+        return line.split_whitespace().collect();
     }
+    // `split_ascii_whitespace` leaves out vertical tab (0x0b), which Rust's
+    // (and Python's) whitespace includes: split on it as well.
+    let bytes = line.as_bytes();
+    if !commas && !bytes.contains(&0x0b) {
+        return line.split_ascii_whitespace().collect();
+    }
+    line.split(|c: char| c.is_ascii_whitespace() || c == '\x0b' || (commas && c == ','))
+        .filter(|f| !f.is_empty())
+        .collect()
 }
 
 fn rpcname_ok(s: &str) -> bool {
@@ -668,16 +665,14 @@ impl Loader<'_> {
         svc: &Option<String>,
         arg: &Option<String>,
     ) -> Result<(), String> {
-        let line = if line.contains(['$', ',']) {
-            std::borrow::Cow::Owned(
-                line.replace("$include:", "!include ")
-                    .replace('$', "@")
-                    .replace(',', " "),
-            )
+        // `$` for `@` (and `$include:` for `!include`) needs a copy; commas
+        // separate like spaces, without one.
+        let line = if line.contains('$') {
+            std::borrow::Cow::Owned(line.replace("$include:", "!include ").replace('$', "@"))
         } else {
             std::borrow::Cow::Borrowed(line)
         };
-        let fields = fields(&line);
+        let fields = fields_split(&line, true);
         if line.starts_with('!') {
             return match fields.as_slice() {
                 ["!include", path] => self.include(policy_dir, path, Some((svc, arg))),
