@@ -1,22 +1,32 @@
-//! How a user names a device on the command line: by port id, by address
-//! or by vendor:device id; the last two are looked up in `Available`.
+//! How a user names a device on the command line: as qvm-pci does
+//! (`dom0:PORT_ID`, `dom0:PORT_ID:DEVICE_ID`), by address or by
+//! vendor:device id. Every name is looked up in `Available` and becomes the
+//! port and the device's current id, so one device named two ways is one
+//! assignment.
 
 use qubes_pci_rpc::native::DeviceEntry;
-use qubes_pci_rpc::{DecodeError, PciPath, Sbdf};
+use qubes_pci_rpc::{DecodeError, ExceptionKind, PciPath, Sbdf};
 
 use super::Failure;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceName {
     Port(PciPath),
+    /// `dom0:PORT_ID:DEVICE_ID`: a port and the identity expected there.
+    PortAndId(PciPath, String),
     Address(Sbdf),
-    Ids { vendor: u16, device: u16 },
+    Ids {
+        vendor: u16,
+        device: u16,
+    },
 }
 
 /// A device named by its port, with its device id when it was looked up.
 pub struct Resolved {
     pub port: PciPath,
     pub device_id: Option<String>,
+    /// The device as `Available` lists it, when it is there.
+    pub entry: Option<DeviceEntry>,
 }
 
 fn hex4(s: &str) -> Option<u16> {
@@ -34,6 +44,15 @@ impl DeviceName {
         if let Ok(p) = PciPath::parse(s) {
             return Ok(DeviceName::Port(p));
         }
+        if untrusted.starts_with("dom0:") {
+            if let Some((port, id)) = s.split_once(':') {
+                if let Ok(p) = PciPath::parse(port) {
+                    if id.starts_with("0x") && id.is_ascii() && !id.contains(['+', ' ', '/']) {
+                        return Ok(DeviceName::PortAndId(p, id.to_owned()));
+                    }
+                }
+            }
+        }
         if s.contains('.') {
             return Sbdf::parse(&s.to_ascii_lowercase()).map(DeviceName::Address);
         }
@@ -47,34 +66,68 @@ impl DeviceName {
         )))
     }
 
-    /// The port (and device id) of the named device; addresses and ids are
-    /// looked up with `list`.
+    /// The port and current device id of the named device, from `list`
+    /// (dom0's `Available`). A port with no device there stays a port (an
+    /// assignment of a device that is gone can still be removed); an
+    /// address or id nobody has is DeviceNotFound, as dom0 would say.
     pub fn resolve(self, list: impl FnOnce() -> Result<Vec<DeviceEntry>, Failure>) -> Result<Resolved, Failure> {
-        let matches = |f: &dyn Fn(&DeviceEntry) -> bool| -> Result<Resolved, Failure> {
-            let devices = list()?;
-            let found: Vec<&DeviceEntry> = devices.iter().filter(|d| f(d)).collect();
-            match found.as_slice() {
-                [one] => Ok(Resolved {
-                    port: PciPath::parse(&one.port).map_err(|e| Failure::Local(e.to_string()))?,
-                    device_id: Some(one.device_id.clone()),
-                }),
-                [] => Err(Failure::Local("no such device in dom0's list (qubes-pci list)".into())),
-                many => Err(Failure::Local(format!(
-                    "{} devices match: {}; name one by its port id",
-                    many.len(),
-                    many.iter().map(|d| d.port.as_str()).collect::<Vec<_>>().join(", ")
-                ))),
+        let devices = list()?;
+        let found = |one: &DeviceEntry| -> Result<Resolved, Failure> {
+            Ok(Resolved {
+                port: PciPath::parse(&one.port).map_err(|e| Failure::Local(e.to_string()))?,
+                device_id: Some(one.device_id.clone()),
+                entry: Some(one.clone()),
+            })
+        };
+        let pick = |what: String, f: &dyn Fn(&DeviceEntry) -> bool| -> Result<Resolved, Failure> {
+            let hits: Vec<&DeviceEntry> = devices.iter().filter(|d| f(d)).collect();
+            match hits.as_slice() {
+                [one] => found(one),
+                [] => Err(Failure::refused(
+                    ExceptionKind::DeviceNotFound,
+                    format!("dom0 has no device {what}: qubes-pci list shows the devices"),
+                    Some(what),
+                )),
+                many => Err(Failure::refused(
+                    ExceptionKind::QubesValueError,
+                    format!(
+                        "{} devices match {what}: {}; name one by its port id",
+                        many.len(),
+                        many.iter()
+                            .map(|d| format!("dom0:{}", d.port))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    Some(what),
+                )),
             }
         };
         match self {
-            DeviceName::Port(port) => Ok(Resolved { port, device_id: None }),
+            DeviceName::Port(port) => {
+                let p = port.to_string();
+                match devices.iter().find(|d| d.port == p) {
+                    Some(one) => found(one),
+                    None => Ok(Resolved {
+                        port,
+                        device_id: None,
+                        entry: None,
+                    }),
+                }
+            }
+            DeviceName::PortAndId(port, id) => Ok(Resolved {
+                entry: devices.iter().find(|d| d.port == port.to_string()).cloned(),
+                port,
+                device_id: Some(id),
+            }),
             DeviceName::Address(sbdf) => {
                 let want = sbdf.to_string();
-                matches(&|d| d.data.iter().any(|(k, v)| k == "sbdf" && *v == want))
+                pick(want.clone(), &|d| d.data.iter().any(|(k, v)| k == "sbdf" && *v == want))
             }
             DeviceName::Ids { vendor, device } => {
                 let prefix = format!("0x{vendor:04x}:0x{device:04x}:");
-                matches(&|d| d.device_id.starts_with(&prefix))
+                pick(format!("{vendor:04x}:{device:04x}"), &|d| {
+                    d.device_id.starts_with(&prefix)
+                })
             }
         }
     }
