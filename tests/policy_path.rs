@@ -172,10 +172,12 @@ fn policy_eval_outputs() {
         ],
     );
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        "user=DEFAULT\nresult=allow\ntarget=dom0\nautostart=True\nrequested_target=work\n"
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("user=DEFAULT\nresult=allow\ntarget=dom0\nautostart=True\nrequested_target=work\nrule="),
+        "{text}"
     );
+    assert!(text.trim_end().ends_with("include/admin-local-rwx:1"), "{text}");
     let out = cli(&env, &["policy", "eval", "--json", "work", "sys-net", "test.Svc"]);
     assert_eq!(out.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -272,4 +274,127 @@ fn policy_eval_batch_answers_each_line_as_eval_json_does() {
     let out = common::run(c, b"{\"source\": \"mgmt\"}\n");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+}
+
+/// `policy eval` says why in text mode too (the deciding rule, and the
+/// reason of a deny), exits 2 when the policy cannot be loaded (no decision
+/// was made), and `policy lint` reports every error in one run.
+#[test]
+fn policy_eval_explains_and_lint_reports_every_error() {
+    let env = env_with_grants("mgmt @tag:created-by-mgmt allow target=dom0\n");
+    env.write_policy("30-user.policy", "test.Svc * work @anyvm deny\n");
+    let out = cli(&env, &["policy", "eval", "work", "sys-net", "test.Svc"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("result=deny\n"), "{text}");
+    assert!(text.contains("rule=") && text.contains("30-user.policy:1"), "{text}");
+    assert!(text.contains("reason=denied by policy"), "{text}");
+    let out = cli(&env, &["policy", "eval", "work", "sys-net", "other.Svc"]);
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("reason=no matching rule found"));
+
+    // Three broken lines in two files, and a bad file name: all reported.
+    env.write_policy(
+        "40-bad.policy",
+        "test.Svc * work\nnot a rule at all\ntest.Svc * @bogus:x @anyvm allow\n",
+    );
+    env.write_policy("41-bad.policy", "test.Svc * work @anyvm allow frobnicate=yes\n");
+    env.write_policy("42-Bad.policy", "");
+    let out = cli(&env, &["policy", "lint"]);
+    assert_eq!(out.status.code(), Some(1));
+    let errors = String::from_utf8(out.stderr).unwrap();
+    for want in [
+        "40-bad.policy:1",
+        "40-bad.policy:2",
+        "40-bad.policy:3",
+        "41-bad.policy:1",
+        "42-Bad.policy",
+    ] {
+        assert!(errors.contains(want), "{want} missing in:\n{errors}");
+    }
+    assert!(String::from_utf8(out.stdout).unwrap().contains("5 errors"));
+    // eval with a policy that does not load: exit 2, not a deny.
+    let out = cli(&env, &["policy", "eval", "work", "sys-net", "test.Svc"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("policy lint"));
+    // And a policy directory that is not there.
+    let mut c = std::process::Command::new(BIN);
+    c.env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .envs(env.envs())
+        .env("QUBES_PCI_ADMIN_POLICY_DIR", env.dir.path().join("nowhere"));
+    c.args(["policy", "eval", "work", "sys-net", "test.Svc"]);
+    assert_eq!(common::run(c, b"").status.code(), Some(2));
+}
+
+/// The read-only commands (`list`, `policy eval`, `policy lint`, and an
+/// exec-mode `Available`) need nothing writable: a dom0 user who is not
+/// root runs them wherever the files they read are readable (and qubesd's
+/// socket is open to the user, as to the qubes group in dom0). Run as
+/// `nobody` when the tests run as root; otherwise the whole suite already
+/// runs them unprivileged.
+#[test]
+fn read_only_commands_work_for_a_user_who_is_not_root() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let env = env_with_grants("mgmt @adminvm allow target=dom0\n");
+    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| !s.lines().any(|l| l.starts_with("Uid:\t0\t"))) {
+        return;
+    }
+    // What dom0 has: readable files, sockets open to the user.
+    let open_up = |p: &std::path::Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    let mut stack = vec![env.dir.path().to_owned(), env.sysfs.root().to_owned()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        if meta.is_dir() {
+            open_up(&p, 0o755).unwrap();
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if meta.file_type().is_socket() {
+            open_up(&p, 0o666).unwrap();
+        } else if meta.is_file() {
+            open_up(&p, 0o644).unwrap();
+        }
+    }
+    let as_nobody = |args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.env_clear()
+            .env("QUBES_PCI_ADMIN_LOG", "off")
+            .envs(env.envs())
+            .args(args)
+            .uid(65534)
+            .gid(65534);
+        common::run(c, b"")
+    };
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["policy", "lint"],
+        &["policy", "eval", "mgmt", "@adminvm", AVAILABLE],
+    ] {
+        let out = as_nobody(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let link = env.dir.path().join(AVAILABLE);
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let mut c = std::process::Command::new(&link);
+    c.env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .envs(env.envs())
+        .env("QREXEC_REMOTE_DOMAIN", "mgmt")
+        .env("QREXEC_REQUESTED_TARGET_TYPE", "keyword")
+        .env("QREXEC_REQUESTED_TARGET_KEYWORD", "adminvm")
+        .uid(65534)
+        .gid(65534);
+    let out = common::run(c, b"");
+    assert!(
+        out.stdout.starts_with(b"0\0"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

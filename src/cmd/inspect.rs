@@ -11,21 +11,35 @@ use crate::PolicyCommand;
 
 pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     use qubes_pci_admin::policy::{Evaluation, Policy};
+    if let PolicyCommand::Lint = cmd {
+        let (p, errors) = Policy::lint_dirs(&svc.config.policy_dirs());
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        for w in qubes_pci_admin::policy::argument_warnings(&p) {
+            eprintln!("{w}");
+        }
+        if errors.is_empty() {
+            println!("policy loads: {} rules", p.rules.len());
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "policy does not load: {} error{}; every call from a qube is denied until they are fixed",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        );
+        return Ok(ExitCode::from(1));
+    }
     let loaded = Policy::load_dirs(&svc.config.policy_dirs());
+    if let Err(e) = &loaded {
+        // Not a decision: the command could not run (qrexec would deny
+        // everything until the policy loads).
+        eprintln!("qubes-pci-admin: the policy does not load, so qrexec denies every call: {e}");
+        eprintln!("qubes-pci-admin: `qubes-pci-admin policy lint` lists every error");
+        return Ok(ExitCode::from(2));
+    }
     match cmd {
-        PolicyCommand::Lint => match loaded {
-            Ok(p) => {
-                for w in qubes_pci_admin::policy::argument_warnings(&p) {
-                    eprintln!("{w}");
-                }
-                println!("policy loads: {} rules", p.rules.len());
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::from(1))
-            }
-        },
+        PolicyCommand::Lint => Ok(ExitCode::SUCCESS),
         PolicyCommand::Eval { batch: true, .. } => {
             let system = svc.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
             eval_batch(&loaded, &system)
@@ -47,6 +61,17 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 serde_json::to_writer(&mut out, &eval.to_json(&system))?;
             } else {
                 write!(out, "{}", eval.to_lines(&system))?;
+                // Why, after qrexec-policy-exec's lines: the deciding rule
+                // and, for a deny, the reason.
+                let v = eval.to_json(&system);
+                let rule = v
+                    .get("rule")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or("none (no rule matches)");
+                write!(out, "\nrule={rule}")?;
+                if let Some(reason) = v.get("error").and_then(|r| r.as_str()) {
+                    write!(out, "\nreason={}", reason.replace('\n', " "))?;
+                }
             }
             writeln!(out)?;
             Ok(ExitCode::from(eval.exit_code(&system)))

@@ -371,6 +371,9 @@ struct Loader<'a> {
     compat_dir: PathBuf,
     /// One shared copy of each service, argument and file name.
     names: HashMap<String, Arc<str>>,
+    /// `Some` when every error is collected and loading goes on (lint);
+    /// `None` when the first error ends the load.
+    errors: Option<Vec<PolicyError>>,
 }
 
 impl<'a> Loader<'a> {
@@ -383,6 +386,18 @@ impl<'a> Loader<'a> {
             stack: Vec::new(),
             compat_dir: compat_dir.to_owned(),
             names: HashMap::default(),
+            errors: None,
+        }
+    }
+
+    /// Records `e` and goes on when collecting; otherwise returns it.
+    fn fail(&mut self, e: PolicyError) -> Result<(), PolicyError> {
+        match &mut self.errors {
+            Some(all) => {
+                all.push(e);
+                Ok(())
+            }
+            None => Err(e),
         }
     }
 
@@ -428,37 +443,22 @@ impl Policy {
     }
 
     pub fn load_dirs_with(fs: &dyn PolicyFs, dirs: &[PathBuf], compat_dir: &Path) -> Result<Policy, PolicyError> {
-        let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for dir in dirs {
-            let names = fs.list(dir).map_err(|e| PolicyError {
-                file: dir.display().to_string(),
-                line: None,
-                message: format!("failed to load policy directory: {e}"),
-            })?;
-            for name in names {
-                let path = dir.join(&name);
-                match policy_file_name(&name) {
-                    None => continue,
-                    Some(Err(message)) => {
-                        return Err(PolicyError {
-                            file: path.display().to_string(),
-                            line: None,
-                            message,
-                        })
-                    }
-                    Some(Ok(())) if !fs.is_file(&path) => continue,
-                    Some(Ok(())) => {
-                        by_name.entry(name).or_insert(path);
-                    }
-                }
-            }
-        }
         let mut loader = Loader::new(fs, compat_dir);
-        for path in by_name.values() {
-            let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
-            loader.load_file(path, &dir, None)?;
-        }
+        loader.load_dirs(dirs)?;
         Ok(loader.finish())
+    }
+
+    /// Loads the policy directories the way qrexec would, but goes on past
+    /// errors: the rules that load, and every error found (for `policy
+    /// lint`). No error means the policy loads.
+    pub fn lint_dirs(dirs: &[PathBuf]) -> (Policy, Vec<PolicyError>) {
+        let mut loader = Loader::new(&DiskFs, Path::new(COMPAT_DIR));
+        loader.errors = Some(Vec::new());
+        if let Err(e) = loader.load_dirs(dirs) {
+            loader.errors.get_or_insert_with(Vec::new).push(e);
+        }
+        let errors = loader.errors.take().unwrap_or_default();
+        (loader.finish(), errors)
     }
 
     /// Loads one entry file (`__main__` style) from any filesystem.
@@ -479,6 +479,48 @@ impl Policy {
 }
 
 impl Loader<'_> {
+    /// Every `*.policy` file of `dirs`, merged by name (an earlier directory
+    /// shadows a later one), in name order.
+    fn load_dirs(&mut self, dirs: &[PathBuf]) -> Result<(), PolicyError> {
+        let fs = self.fs;
+        let mut by_name: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for dir in dirs {
+            let names = match fs.list(dir) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.fail(PolicyError {
+                        file: dir.display().to_string(),
+                        line: None,
+                        message: format!("failed to load policy directory: {e}"),
+                    })?;
+                    continue;
+                }
+            };
+            for name in names {
+                let path = dir.join(&name);
+                match policy_file_name(&name) {
+                    None => continue,
+                    Some(Err(message)) => self.fail(PolicyError {
+                        file: path.display().to_string(),
+                        line: None,
+                        message,
+                    })?,
+                    Some(Ok(())) if !fs.is_file(&path) => continue,
+                    Some(Ok(())) => {
+                        by_name.entry(name).or_insert(path);
+                    }
+                }
+            }
+        }
+        for path in by_name.values() {
+            let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
+            if let Err(e) = self.load_file(path, &dir, None) {
+                self.fail(e)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Loads a file; `service` set means old per-service syntax bound to it.
     fn load_file(
         &mut self,
@@ -545,11 +587,12 @@ impl Loader<'_> {
                 line: Some(lineno),
                 message,
             };
-            match service {
-                None => self.new_syntax_line(line, file, lineno, policy_dir).map_err(err)?,
-                Some((svc, arg)) => self
-                    .old_syntax_line(line, file, lineno, policy_dir, svc, arg)
-                    .map_err(err)?,
+            let parsed = match service {
+                None => self.new_syntax_line(line, file, lineno, policy_dir),
+                Some((svc, arg)) => self.old_syntax_line(line, file, lineno, policy_dir, svc, arg),
+            };
+            if let Err(e) = parsed {
+                self.fail(err(e))?;
             }
         }
         Ok(())
