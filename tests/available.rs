@@ -120,7 +120,8 @@ fn list_table_and_json() {
         usb["description"],
         "USB controller: Intel Corporation 9 Series Chipset Family USB xHCI Controller"
     );
-    assert_eq!(usb["data"]["sbdf"], "0000:00:14.0");
+    assert_eq!(usb["sbdf"], "0000:00:14.0");
+    assert_eq!(usb["assigned_to"], serde_json::json!([]));
     let out = env.cli(&["list"], b"");
     let text = String::from_utf8(out.stdout).unwrap();
     let first = text.lines().next().unwrap();
@@ -139,4 +140,15 @@ fn list_table_and_json() {
     let text = String::from_utf8(env.cli(&["list"], b"").stdout).unwrap();
     let row = text.lines().find(|l| l.starts_with("dom0:00_14.0 ")).unwrap();
     assert!(row.ends_with("sys-usb (required, no-strict-reset=True)"), "{row}");
+    let v: serde_json::Value = serde_json::from_slice(&env.cli(&["list", "--json"], b"").stdout).unwrap();
+    let usb = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["port_id"] == "00_14.0")
+        .unwrap();
+    assert_eq!(
+        usb["assigned_to"],
+        serde_json::json!([{"qube": "sys-usb", "mode": "required", "options": {"no-strict-reset": true}}])
+    );
 }

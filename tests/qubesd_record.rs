@@ -35,11 +35,11 @@ fn assign_defaults_goes_through_qubesd_and_the_rules() {
         })
         .collect();
     assert!(
-        outcomes.contains(&("dom0:00_14.0:0x8086:0x8cb1::p0c0330", "sys-usb", "would assign")),
+        outcomes.contains(&("dom0:00_14.0:0x8086:0x8cb1::p0c0330", "sys-usb", "would-assign")),
         "{outcomes:?}"
     );
-    assert!(outcomes.contains(&("dom0:00_1f.6:0x8086:0x15a3::p020000", "sys-net", "would assign")));
-    assert!(outcomes.contains(&("dom0:00_1c.0-00_00.0:0x8086:0x08b1::p028000", "sys-net", "would assign")));
+    assert!(outcomes.contains(&("dom0:00_1f.6:0x8086:0x15a3::p020000", "sys-net", "would-assign")));
+    assert!(outcomes.contains(&("dom0:00_1c.0-00_00.0:0x8086:0x08b1::p028000", "sys-net", "would-assign")));
     assert_eq!(outcomes.len(), 3, "only network and USB controllers");
     assert!(env.recorded().is_empty() && env.qubesd_writes().is_empty());
     // For real: each one is an Assign to qubesd, pinned to the device id, no options.
@@ -60,7 +60,7 @@ fn assign_defaults_goes_through_qubesd_and_the_rules() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|l| l["outcome"] == "already assigned"));
+        .all(|l| l["outcome"] == "already-assigned"));
     assert_eq!(env.qubesd_writes().len(), 3);
 }
 
@@ -84,9 +84,11 @@ fn list_shows_qubesd_assignments_and_running_holders() {
         .find(|r| r["port_id"] == "00_14.0")
         .unwrap();
     assert_eq!(
-        usb["used_by"],
-        json!(["sys-usb (required)", "sys-usb (attached, running)"])
+        usb["assigned_to"],
+        json!([{"qube": "sys-usb", "mode": "required", "options": {}}])
     );
+    assert_eq!(usb["attached_to"], json!(["sys-usb"]));
+    assert_eq!(usb["used_by_dom0"], json!([]));
 }
 
 #[test]

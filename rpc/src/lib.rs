@@ -8,6 +8,7 @@
 pub mod assignment;
 pub mod device;
 pub mod ident;
+pub mod json;
 pub mod method;
 pub mod native;
 pub mod options;

@@ -2,10 +2,11 @@
 
 use std::io::Write;
 
+use qubes_pci_rpc::json::{AssignmentJson, DeviceJson, DoneJson, ErrorJson};
 use qubes_pci_rpc::native::{AssignmentEntry, DeviceEntry};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::{kind_name, reset_methods, DeviceView, Failure, Success};
+use super::{kind_name, DeviceView, Failure, Success};
 
 fn table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let widths: Vec<usize> = (0..header.len())
@@ -45,61 +46,15 @@ fn description(d: &DeviceEntry) -> String {
     }
 }
 
-/// Options as a map of booleans (`True` is on).
-fn options_json(options: &[(String, String)]) -> Value {
-    Value::Object(
-        options
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::Bool(v == "True")))
-            .collect(),
-    )
-}
-
-/// The keys lifted out of `data` into fields of their own.
-const LIFTED: [&str; 5] = ["sbdf", "class_name", "driver", "bridge", "reset_method"];
-
 /// A device in the one JSON schema (docs/json-schema.json, `device`).
 pub fn device_json(v: &DeviceView) -> Value {
-    let d = &v.entry;
-    let opt = |k: &str| match data(d, k) {
-        "" => Value::Null,
-        s => Value::String(s.to_owned()),
-    };
-    json!({
-        "backend": d.backend,
-        "port_id": d.port,
-        "device_id": d.device_id,
-        "sbdf": opt("sbdf"),
-        "description": description(d),
-        "vendor": d.vendor,
-        "product": d.product,
-        "class_name": opt("class_name"),
-        "driver": opt("driver"),
-        "bridge": data(d, "bridge") == "True",
-        "reset_methods": reset_methods(d),
-        "data": d.data.iter()
-            .filter(|(k, _)| !LIFTED.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect::<serde_json::Map<_, _>>(),
-        "assigned_to": v.assigned_to.as_ref().map(|a| a.iter().map(|e| json!({
-            "qube": e.frontend,
-            "mode": e.mode.as_str(),
-            "options": options_json(&e.options),
-        })).collect::<Vec<_>>()),
-    })
+    let json = DeviceJson::new(&v.entry, v.assigned_to.as_ref().map(|a| a.iter().collect()));
+    serde_json::to_value(json).unwrap_or(Value::Null)
 }
 
 /// An assignment in the one JSON schema (`assignment`).
 fn assignment_json(a: &AssignmentEntry, attached: bool) -> Value {
-    json!({
-        "backend": a.backend,
-        "port_id": a.port,
-        "device_id": a.device_id,
-        "frontend": a.frontend,
-        "mode": a.mode.as_str(),
-        "options": options_json(&a.options),
-        "attached": attached,
-    })
+    serde_json::to_value(AssignmentJson::new(a, attached)).unwrap_or(Value::Null)
 }
 
 fn assigned_cell(v: &DeviceView) -> String {
@@ -135,7 +90,15 @@ pub fn success(out: &mut impl Write, s: &Success, as_json: bool) -> std::io::Res
             "{}",
             Value::Array(a.iter().map(|(e, on)| assignment_json(e, *on)).collect())
         ),
-        (Success::Done(msg), true) => writeln!(out, "{}", json!({"ok": true, "message": msg})),
+        (Success::Done(msg), true) => writeln!(
+            out,
+            "{}",
+            serde_json::to_value(DoneJson {
+                ok: true,
+                message: msg.clone()
+            })
+            .unwrap_or(Value::Null)
+        ),
         (Success::Devices(d), false) => {
             let rows: Vec<Vec<String>> = d
                 .iter()
@@ -190,33 +153,17 @@ pub fn success(out: &mut impl Write, s: &Success, as_json: bool) -> std::io::Res
 
 /// An error in the one JSON schema (`error`).
 pub fn failure(out: &mut impl Write, f: &Failure, as_json: bool) -> std::io::Result<()> {
-    match (f, as_json) {
-        (Failure::Refused(e), true) => writeln!(
-            out,
-            "{}",
-            json!({"error": {"type": kind_name(e), "code": e.code, "message": e.message, "device": e.device, "qube": e.qube}})
-        ),
-        (Failure::Local(m), true) => writeln!(
-            out,
-            "{}",
-            json!({"error": {"type": "local", "code": 1, "message": m, "device": null, "qube": null}})
-        ),
-        (Failure::Usage(m), true) => writeln!(
-            out,
-            "{}",
-            json!({"error": {"type": "usage", "code": 2, "message": m, "device": null, "qube": null}})
-        ),
-        (Failure::Refused(e), false) => {
-            eprintln!("qubes-pci: {}: {}", kind_name(e), e.message);
-            Ok(())
-        }
-        (Failure::Local(m), false) => {
-            eprintln!("qubes-pci: {m}");
-            Ok(())
-        }
-        (Failure::Usage(m), false) => {
-            eprintln!("qubes-pci: {m}");
-            Ok(())
-        }
+    let error = match f {
+        Failure::Refused(e) => ErrorJson::refused(e),
+        Failure::Local(m) => ErrorJson::other("local", 1, m.clone()),
+        Failure::Usage(m) => ErrorJson::other("usage", 2, m.clone()),
+    };
+    if as_json {
+        return writeln!(out, "{}", serde_json::to_value(&error).unwrap_or(Value::Null));
     }
+    match f {
+        Failure::Refused(e) => eprintln!("qubes-pci: {}: {}", kind_name(e), e.message),
+        Failure::Local(m) | Failure::Usage(m) => eprintln!("qubes-pci: {m}"),
+    }
+    Ok(())
 }

@@ -52,7 +52,20 @@ pub fn assign_defaults(svc: &Service, net: &str, usb: &str, dry_run: bool, json:
     };
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut out, &lines)?;
+        // The `defaults_line` shape of docs/json-schema.json.
+        let rows: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "device": l.device,
+                    "sbdf": l.sbdf,
+                    "qube": l.qube,
+                    "outcome": l.outcome.replace(' ', "-"),
+                    "detail": (!l.detail.is_empty()).then_some(&l.detail),
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &rows)?;
         writeln!(out)?;
     } else {
         for l in &lines {

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use qubes_pci_admin::api::Service;
 use qubes_pci_admin::pci::Inventory;
+use qubes_pci_rpc::json::{AssignedJson, DeviceJson};
+use qubes_pci_rpc::native::DeviceEntry;
 
 use crate::PolicyCommand;
 
@@ -139,59 +141,39 @@ pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
     }
     let records = xml.records();
     let dom0_uses = qubes_pci_admin::pci::dom0_use::scan(&svc.config.sysfs, &svc.config.procfs);
-    let used_by = |port: &qubes_pci_rpc::PciPath| -> Vec<String> {
-        let assigned = records.iter().filter(|r| &r.port == port).map(|r| {
-            let opts: Vec<String> = r.options.enabled().map(|o| format!("{o}=True")).collect();
-            if opts.is_empty() {
-                format!("{} ({})", r.frontend, r.mode)
-            } else {
-                format!("{} ({}, {})", r.frontend, r.mode, opts.join(", "))
-            }
-        });
-        let running = attached
-            .iter()
-            .filter(|(_, a)| a.device.port.as_option() == Some(port))
-            .map(|(q, _)| format!("{q} (attached, running)"));
-        assigned.chain(running).collect()
-    };
-    let used_by_dom0 = |sbdf: &qubes_pci_rpc::Sbdf| -> Vec<String> {
-        dom0_uses
-            .get(sbdf)
-            .into_iter()
-            .flatten()
-            .map(|u| format!("dom0 ({})", u.what))
-            .collect()
-    };
-    let rows: Vec<serde_json::Value> = infos
+    // One JSON shape for both binaries (qubes_pci_rpc::json).
+    let rows: Vec<DeviceJson> = infos
         .iter()
         .map(|i| {
-            let data: serde_json::Map<String, serde_json::Value> = i
-                .data
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            let class = data
-                .get("class_name")
-                .and_then(|v| v.as_str())
-                .unwrap_or("Unknown device");
-            let description = format!(
-                "{class}: {} {}",
-                i.vendor.as_deref().unwrap_or("unknown vendor"),
-                i.product.as_deref().unwrap_or("unknown device")
+            let mut j = DeviceJson::new(&DeviceEntry::from(i), Some(Vec::new()));
+            j.assigned_to = Some(
+                records
+                    .iter()
+                    .filter(|r| r.port == i.port)
+                    .map(|r| AssignedJson {
+                        qube: Some(r.frontend.to_string()),
+                        mode: r.mode.to_string(),
+                        options: r.options.enabled().map(|o| (o.to_owned(), true)).collect(),
+                    })
+                    .collect(),
             );
-            serde_json::json!({
-                "backend": i.backend.as_str(),
-                "port_id": i.port.to_string(),
-                "device_id": i.device_id.to_string(),
-                "description": description,
-                "vendor": i.vendor,
-                "product": i.product,
-                "data": data,
-                "used_by": used_by(&i.port)
+            j.attached_to = Some(
+                attached
+                    .iter()
+                    .filter(|(_, a)| a.device.port.as_option() == Some(&i.port))
+                    .map(|(q, _)| q.to_string())
+                    .collect(),
+            );
+            j.used_by_dom0 = Some(
+                inventory
+                    .by_port(&i.port)
+                    .and_then(|d| dom0_uses.get(&d.sbdf))
                     .into_iter()
-                    .chain(inventory.by_port(&i.port).map(|d| used_by_dom0(&d.sbdf)).unwrap_or_default())
-                    .collect::<Vec<_>>(),
-            })
+                    .flatten()
+                    .map(|u| u.what.to_string())
+                    .collect(),
+            );
+            j
         })
         .collect();
     let mut out = std::io::stdout().lock();
@@ -203,21 +185,31 @@ pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
     let table: Vec<[String; 4]> = rows
         .iter()
         .map(|r| {
-            let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-            let sbdf = r
-                .get("data")
-                .and_then(|d| d.get("sbdf"))
-                .and_then(|v| v.as_str())
-                .unwrap_or_default();
-            let used: Vec<&str> = r
-                .get("used_by")
-                .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-                .unwrap_or_default();
+            let used: Vec<String> = r
+                .assigned_to
+                .iter()
+                .flatten()
+                .map(|a| {
+                    let q = a.qube.as_deref().unwrap_or("?");
+                    let opts: Vec<String> = a.options.keys().map(|o| format!("{o}=True")).collect();
+                    if opts.is_empty() {
+                        format!("{q} ({})", a.mode)
+                    } else {
+                        format!("{q} ({}, {})", a.mode, opts.join(", "))
+                    }
+                })
+                .chain(
+                    r.attached_to
+                        .iter()
+                        .flatten()
+                        .map(|q| format!("{q} (attached, running)")),
+                )
+                .chain(r.used_by_dom0.iter().flatten().map(|w| format!("dom0 ({w})")))
+                .collect();
             [
-                format!("{}:{}", s("backend"), s("port_id")),
-                sbdf.to_owned(),
-                s("description"),
+                format!("{}:{}", r.backend, r.port_id),
+                r.sbdf.clone().unwrap_or_default(),
+                r.description.clone(),
                 used.join("; "),
             ]
         })
