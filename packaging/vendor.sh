@@ -1,11 +1,14 @@
 #!/bin/sh
-# Makes qubes-pci-admin-VERSION-vendor.tar.gz: every crate the workspace
-# needs (from Cargo.lock), for the offline RPM and Debian builds.
+# Makes target/package/qubes-pci-admin-VERSION-vendor.tar.gz (outside the
+# tracked tree): every crate the workspace needs (from Cargo.lock), for the
+# offline RPM and Debian builds. OUT=DIR writes it elsewhere.
 set -eu
 cd "$(dirname "$0")/.."
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
-rm -rf vendor
-cargo vendor --locked vendor >/dev/null
-tar -czf "qubes-pci-admin-$version-vendor.tar.gz" vendor
-rm -rf vendor
-echo "qubes-pci-admin-$version-vendor.tar.gz"
+out=${OUT:-target/package}
+mkdir -p "$out"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo vendor --locked "$work/vendor" >/dev/null
+tar -C "$work" -czf "$out/qubes-pci-admin-$version-vendor.tar.gz" vendor
+echo "$out/qubes-pci-admin-$version-vendor.tar.gz"

@@ -352,8 +352,12 @@ fn options_need_their_own_grant_unless_from_dom0() {
 fn shipped_policy_grants_no_option() {
     let env = TestEnv::new(FakeSysfs::standard());
     let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy/90-qubes-pci-admin.policy")).unwrap();
-    env.write_policy("90-qubes-pci-admin.policy", &shipped);
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policy/85-qubes-pci-admin.policy")).unwrap();
+    env.write_policy("85-qubes-pci-admin.policy", &shipped);
+    env.write_policy(
+        "90-admin-default.policy",
+        include_str!("data/policy/90-admin-default.policy"),
+    );
     // A management qube with the usual admin-local-rwx grant.
     env.write_policy(
         "include/admin-local-rwx",

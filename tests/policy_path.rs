@@ -7,11 +7,14 @@ mod common;
 use common::{body_of, error_of, FakeSysfs, TestEnv, BIN};
 
 const AVAILABLE: &str = "admin.vm.device.pci.Available";
-const SHIPPED: &str = include_str!("../policy/90-qubes-pci-admin.policy");
+const SHIPPED: &str = include_str!("../policy/85-qubes-pci-admin.policy");
+/// What Qubes' own generated 90-admin-default.policy says for the PCI methods.
+const ADMIN_DEFAULT: &str = include_str!("data/policy/90-admin-default.policy");
 
 fn env_with_grants(rwx: &str) -> TestEnv {
     let env = TestEnv::new(FakeSysfs::standard());
-    env.write_policy("90-qubes-pci-admin.policy", SHIPPED);
+    env.write_policy("85-qubes-pci-admin.policy", SHIPPED);
+    env.write_policy("90-admin-default.policy", ADMIN_DEFAULT);
     env.write_policy("include/admin-local-ro", "!include include/admin-local-rwx\n");
     env.write_policy("include/admin-local-rwx", rwx);
     env
@@ -210,20 +213,45 @@ fn policy_eval_outputs() {
     assert!(v["error"].as_str().unwrap().contains("not a template for dispvm"));
 }
 
+/// The shipped file adds only what Qubes' 90-admin-default.policy does not
+/// have (the option grants), sorts before it, and its example grants work
+/// with stock qvm-pci in a GUI domain (dom0 is @adminvm, never @anyvm).
 #[test]
-fn shipped_policy_routes_each_method_by_its_class() {
+fn shipped_policy_adds_only_the_option_grants() {
+    assert!(!SHIPPED.lines().any(|l| l.starts_with("!include")), "upstream routes the methods");
+    let rules: Vec<&str> = SHIPPED
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(rules, ["admin.vm.device.pci.Option * @anyvm @anyvm deny"]);
+    assert!("85-qubes-pci-admin.policy" < "90-admin-default.policy");
+    // Every method is routed by upstream's file, by its class.
     for m in qubes_pci_rpc::Method::ALL {
         let include = if m.is_read_only() {
             "include/admin-local-ro"
         } else {
             "include/admin-local-rwx"
         };
-        let line = SHIPPED
+        let line = ADMIN_DEFAULT
             .lines()
             .find(|l| l.split_whitespace().nth(1) == Some(m.name().as_str()))
             .unwrap();
         let fields: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(fields, ["!include-service", m.name().as_str(), "*", include], "{m}");
+    }
+    // The commented GUI-domain example, uncommented, lets sys-gui list
+    // assignments of dom0 (qvm-pci asks) and of any qube.
+    let gui: String = SHIPPED
+        .lines()
+        .filter_map(|l| l.strip_prefix("# admin.vm.device.pci."))
+        .filter(|l| l.contains("sys-gui"))
+        .map(|l| format!("admin.vm.device.pci.{l}\n"))
+        .collect();
+    let env = env_with_grants("");
+    env.write_policy("30-gui.policy", &gui);
+    for (target, method) in [("@adminvm", "Assigned"), ("work", "Assigned"), ("@adminvm", "Attached"), ("@adminvm", "Available")] {
+        let out = cli(&env, &["policy", "eval", "sys-gui", target, &format!("admin.vm.device.pci.{method}")]);
+        assert_eq!(out.status.code(), Some(0), "{method} {target}: {}", String::from_utf8_lossy(&out.stdout));
     }
 }
 
