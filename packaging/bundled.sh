@@ -12,7 +12,7 @@ crates=$( {
         -p qubes-pci-admin -p qubes-pci-rpc
     cargo tree --offline --locked -e build --prefix none --format '{p}|{l}' -p qubes-pci-admin --depth 1 \
         | grep '^pci-ids '
-} | sed 's/ (\*)//; s/ (proc-macro)//' | grep -v '^qubes-pci' | sort -u)
+} | sed 's/ (\*)//; s/ (proc-macro)//' | grep -v '^qubes-pci' | grep -v '^$' | sort -u)
 echo "$crates" | while IFS='|' read -r pkg lic; do
     name=${pkg%% *}
     version=${pkg#* v}
