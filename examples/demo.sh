@@ -96,7 +96,7 @@ step "Assign to personal, a pvh qube: refused with the way out" \
 
 # A device dom0 itself uses (its root disk's controller, console GPU, ...), if any.
 USED=$("$BIN" list --json | python3 -c 'import json, sys
-rows = [d for d in json.load(sys.stdin) if any(u.startswith("dom0 (") for u in d["used_by"])]
+rows = [d for d in json.load(sys.stdin) if d["used_by_dom0"]]
 print(rows[0]["port_id"] if rows else "")')
 if [ -n "$USED" ]; then
     step "Assign dom0:$USED, which dom0 itself uses: refused at a qube's request (dom0 could, with a warning)" \
