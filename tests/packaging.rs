@@ -248,7 +248,10 @@ fn the_switch_over_is_installed_and_undone() {
     let rpc = d.join("local/etc/qubes-rpc");
     let script = |section: &str| {
         spec_section(&spec, section)
-            .replace("%{_datadir}/%{name}", &d.join("share/qubes-pci-admin").display().to_string())
+            .replace(
+                "%{_datadir}/%{name}",
+                &d.join("share/qubes-pci-admin").display().to_string(),
+            )
             .replace("/usr/local/etc/qubes-rpc", &rpc.display().to_string())
             .replace("systemctl", "true")
             .lines()
@@ -261,7 +264,11 @@ fn the_switch_over_is_installed_and_undone() {
             .args(["-c", &script(section), "scriptlet", arg])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{section}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{section}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let entries = || -> Vec<(String, Option<PathBuf>)> {
@@ -269,7 +276,10 @@ fn the_switch_over_is_installed_and_undone() {
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                (e.file_name().to_string_lossy().into_owned(), std::fs::read_link(e.path()).ok())
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_link(e.path()).ok(),
+                )
             })
             .collect();
         v.sort();
@@ -279,13 +289,20 @@ fn the_switch_over_is_installed_and_undone() {
     std::fs::create_dir_all(&rpc).unwrap();
     std::fs::write(rpc.join("admin.vm.device.pci.Detach"), "#!/bin/sh\n").unwrap();
     let said = run("%post", "1");
-    assert!(said.contains("admin.vm.device.pci.Detach exists and is not ours"), "{said}");
+    assert!(
+        said.contains("admin.vm.device.pci.Detach exists and is not ours"),
+        "{said}"
+    );
     let after = entries();
     assert_eq!(after.len(), 8);
     for (name, target) in &after {
         assert!(Method::parse(name).is_ok(), "{name}");
         if name != "admin.vm.device.pci.Detach" {
-            assert_eq!(target.as_deref(), Some(Path::new("/run/qubes-pci-admin.sock")), "{name}");
+            assert_eq!(
+                target.as_deref(),
+                Some(Path::new("/run/qubes-pci-admin.sock")),
+                "{name}"
+            );
         }
     }
     // An upgrade (%post 2, %preun 1) keeps them.
@@ -316,6 +333,13 @@ fn the_spec_declares_every_bundled_crate() {
     for line in want.lines() {
         assert!(spec.lines().any(|l| l == line), "the spec lacks: {line}");
     }
-    let declared = spec.lines().filter(|l| l.starts_with("Provides:       bundled(")).count();
-    assert_eq!(declared, want.lines().count() - 1, "the spec declares crates no longer built in");
+    let declared = spec
+        .lines()
+        .filter(|l| l.starts_with("Provides:       bundled("))
+        .count();
+    assert_eq!(
+        declared,
+        want.lines().count() - 1,
+        "the spec declares crates no longer built in"
+    );
 }

@@ -218,7 +218,10 @@ fn policy_eval_outputs() {
 /// with stock qvm-pci in a GUI domain (dom0 is @adminvm, never @anyvm).
 #[test]
 fn shipped_policy_adds_only_the_option_grants() {
-    assert!(!SHIPPED.lines().any(|l| l.starts_with("!include")), "upstream routes the methods");
+    assert!(
+        !SHIPPED.lines().any(|l| l.starts_with("!include")),
+        "upstream routes the methods"
+    );
     let rules: Vec<&str> = SHIPPED
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
@@ -249,9 +252,28 @@ fn shipped_policy_adds_only_the_option_grants() {
         .collect();
     let env = env_with_grants("");
     env.write_policy("30-gui.policy", &gui);
-    for (target, method) in [("@adminvm", "Assigned"), ("work", "Assigned"), ("@adminvm", "Attached"), ("@adminvm", "Available")] {
-        let out = cli(&env, &["policy", "eval", "sys-gui", target, &format!("admin.vm.device.pci.{method}")]);
-        assert_eq!(out.status.code(), Some(0), "{method} {target}: {}", String::from_utf8_lossy(&out.stdout));
+    for (target, method) in [
+        ("@adminvm", "Assigned"),
+        ("work", "Assigned"),
+        ("@adminvm", "Attached"),
+        ("@adminvm", "Available"),
+    ] {
+        let out = cli(
+            &env,
+            &[
+                "policy",
+                "eval",
+                "sys-gui",
+                target,
+                &format!("admin.vm.device.pci.{method}"),
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{method} {target}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 
