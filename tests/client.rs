@@ -404,3 +404,23 @@ fn list_shows_who_each_device_is_assigned_to() {
         .all(|d| d["assigned_to"].is_null()));
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin.vm.List"));
 }
+
+/// The man page holds the one exit status table: every exception name
+/// with its code, and the JSON shapes.
+#[test]
+fn the_man_page_has_the_exit_status_table_and_the_json_shapes() {
+    let mut c = Command::new(CLIENT);
+    c.arg("man");
+    let man = stdout(&common::run(c, b"")).replace("\\-", "-");
+    for kind in qubes_pci_rpc::ExceptionKind::ALL {
+        assert!(man.contains(&format!("{} {}", kind.code(), kind.name())), "{kind:?}");
+    }
+    for shape in [
+        "port_id",
+        "reset_methods",
+        "assigned_to",
+        "{error: {type, code, message, device, qube}}",
+    ] {
+        assert!(man.contains(shape), "{shape}");
+    }
+}

@@ -36,7 +36,16 @@ const EXIT_USAGE: u8 = 2;
                   made, 2 usage; a refusal exits with its type: 3 PermissionDenied, 4 DeviceNotFound, 5 \
                   DeviceAlreadyAssigned, 6 DeviceNotAssigned, 7 DeviceAlreadyAttached, 8 QubesVMNotFoundError, \
                   9 QubesVMNotHaltedError, 10 QubesVMNotRunningError, 11 QubesValueError, 12 \
-                  QubesUnrecognizedDeviceAssignmentMode, 13 ProtocolError, 14 QubesException."
+                  QubesUnrecognizedDeviceAssignmentMode, 13 ProtocolError, 14 QubesException.\n\n\
+                  JSON (--json), one shape for qubes-pci and qubes-pci-admin: list gives an array of devices \
+                  {backend, port_id, device_id, sbdf, description, vendor, product, class_name, driver, bridge \
+                  (boolean), reset_methods (array; empty: no reset method), data (object of strings), \
+                  assigned_to (array of {qube, mode, options}, or null when not known)}; info one device; \
+                  list QUBE, assigned and attached an array of assignments {backend, port_id, device_id, \
+                  frontend, mode, options, attached (boolean)}; a change {ok: true, message}; any failure \
+                  {error: {type, code, message, device, qube}} with type the exception name, local or usage \
+                  and code the exit status. options is an object of booleans ({\"no-strict-reset\": true}). \
+                  The JSON Schema is docs/json-schema.json in the source."
 )]
 struct Cli {
     /// The command that makes a qrexec call; run as CMD TARGET SERVICE+ARG
@@ -48,7 +57,7 @@ struct Cli {
     /// API format (works against qubesd too).
     #[arg(long, global = true, value_enum, default_value_t = Protocol::Native)]
     protocol: Protocol,
-    /// JSON on stdout instead of tables (errors too); see the man page.
+    /// JSON on stdout instead of tables (errors too); the shapes are below.
     #[arg(long, global = true)]
     json: bool,
     /// Without a command: list.
