@@ -91,7 +91,7 @@ impl PciNames {
         while start < bytes.len() {
             let end = bytes
                 .get(start..)
-                .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+                .and_then(|rest| memchr::memchr(b'\n', rest))
                 .map_or(bytes.len(), |p| start + p);
             let line = bytes.get(start..end).unwrap_or_default();
             let at = |off: usize| u32::try_from(start + off).unwrap_or(u32::MAX);
