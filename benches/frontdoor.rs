@@ -79,11 +79,27 @@ fn measure(t: &Target, dir: &Path) {
         Command::new(BIN)
             .env_clear()
             .envs(t.envs.iter().map(|(k, v)| (*k, v)))
-            .env("QUBES_PCI_ADMIN_LOG", "off")
+            .env(
+                "QUBES_PCI_ADMIN_LOG",
+                if std::env::var_os("FRONTDOOR_DAEMON_LOG").is_some() {
+                    "debug"
+                } else {
+                    "off"
+                },
+            )
             .args(["serve", "--socket"])
             .arg(&daemon_sock)
+            .args(
+                std::env::var("FRONTDOOR_DAEMON_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("FRONTDOOR_DAEMON_LOG") {
+                // For profiling by hand: the daemon's log in this file.
+                Some(f) => Stdio::from(std::fs::File::create(f).unwrap()),
+                None => Stdio::null(),
+            })
             .spawn()
             .unwrap(),
     );

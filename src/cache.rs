@@ -127,22 +127,28 @@ impl Watch {
     }
 }
 
-/// A value, the watch that says when it is stale, and the extra source of
-/// change (uevents) when there is one.
+/// The watch of one kept value (made once: closing an inotify instance
+/// waits for an RCU grace period, milliseconds, so it is never closed while
+/// the daemon runs; its watches only grow) and the value, while valid.
 struct Slot<T> {
-    watch: Watch,
-    value: Arc<T>,
+    watch: Option<Watch>,
+    value: Option<Arc<T>>,
 }
 
 /// One kept value. `paths` names what a value was read from (given `None`,
 /// what any load reads first: the directories and files known up front).
 pub struct Kept<T> {
-    slot: Mutex<Option<Slot<T>>>,
+    slot: Mutex<Slot<T>>,
 }
 
 impl<T> Default for Kept<T> {
     fn default() -> Self {
-        Kept { slot: Mutex::new(None) }
+        Kept {
+            slot: Mutex::new(Slot {
+                watch: None,
+                value: None,
+            }),
+        }
     }
 }
 
@@ -159,15 +165,21 @@ impl<T> Kept<T> {
             return load().map(Arc::new);
         };
         let stale_extra = also_stale();
-        if let Some(s) = slot.as_ref() {
-            if !s.watch.changed() && !stale_extra {
-                return Ok(s.value.clone());
-            }
+        if slot.watch.is_none() {
+            slot.watch = Watch::new().ok();
         }
-        *slot = None;
-        let Ok(mut watch) = Watch::new() else {
+        let slot = &mut *slot;
+        let Some(watch) = slot.watch.as_mut() else {
             return load().map(Arc::new);
         };
+        // Reading the events also clears them for the load below.
+        let changed = watch.changed();
+        if let Some(v) = &slot.value {
+            if !changed && !stale_extra {
+                return Ok(v.clone());
+            }
+        }
+        slot.value = None;
         let mut complete = paths(None).iter().all(|p| watch.add(p));
         let mut value = load()?;
         for round in 0.. {
@@ -188,10 +200,7 @@ impl<T> Kept<T> {
         let value = Arc::new(value);
         // A change during the load: use it, but load again next time.
         if complete && !watch.changed() {
-            *slot = Some(Slot {
-                watch,
-                value: value.clone(),
-            });
+            slot.value = Some(value.clone());
         }
         Ok(value)
     }
@@ -199,7 +208,7 @@ impl<T> Kept<T> {
     /// Forgets the value (the next call loads).
     pub fn clear(&self) {
         if let Ok(mut s) = self.slot.lock() {
-            *s = None;
+            s.value = None;
         }
     }
 }
