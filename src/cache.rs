@@ -204,13 +204,6 @@ impl<T> Kept<T> {
         }
         Ok(value)
     }
-
-    /// Forgets the value (the next call loads).
-    pub fn clear(&self) {
-        if let Ok(mut s) = self.slot.lock() {
-            s.value = None;
-        }
-    }
 }
 
 /// The kernel's device events (uevents): a netlink socket for the real

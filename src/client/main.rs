@@ -401,20 +401,6 @@ fn options(untrusted: &[String]) -> Result<PciOptions, Failure> {
     PciOptions::from_pairs(&pairs).map_err(|e| Failure::Usage(e.to_string()))
 }
 
-/// The reset methods `Available` reports (`_reset_method`); empty when the
-/// kernel knows none.
-pub fn reset_methods(d: &DeviceEntry) -> Vec<String> {
-    let v = d
-        .data
-        .iter()
-        .find(|(k, _)| k == "reset_method")
-        .map(|(_, v)| v.as_str());
-    match v {
-        None | Some("none") => Vec::new(),
-        Some(v) => v.split_whitespace().map(str::to_owned).collect(),
-    }
-}
-
 fn no_reset(d: &DeviceEntry) -> bool {
     d.data.iter().any(|(k, v)| k == "reset_method" && v == "none")
 }
@@ -581,14 +567,7 @@ fn run(cli: &Cli, warn: &mut Vec<String>) -> Result<Success, Failure> {
         }
         Cmd::Detach { qube: q, device } => {
             let q = qube(q)?;
-            let targets: Vec<String> = match device {
-                Some(d) => vec![resolve(d)?.port_qarg()],
-                None => client
-                    .assignments(&q, Method::Attached)?
-                    .iter()
-                    .map(|a| format!("dom0+{}", a.port))
-                    .collect(),
-            };
+            let targets = named_or_all(&client, &q, device.as_deref(), Method::Attached, &resolve)?;
             for t in &targets {
                 client.call(&q, Method::Detach, t, RequestBody::Empty)?;
             }
@@ -607,14 +586,7 @@ fn run(cli: &Cli, warn: &mut Vec<String>) -> Result<Success, Failure> {
                     device.clone(),
                 ));
             }
-            let ports: Vec<String> = match device {
-                Some(d) => vec![resolve(d)?.port_qarg()],
-                None => client
-                    .assignments(&q, Method::Assigned)?
-                    .iter()
-                    .map(|a| format!("dom0+{}", a.port))
-                    .collect(),
-            };
+            let ports = named_or_all(&client, &q, device.as_deref(), Method::Assigned, &resolve)?;
             for p in &ports {
                 client.call(&q, Method::Unassign, p, RequestBody::Empty)?;
             }
@@ -640,6 +612,25 @@ fn run(cli: &Cli, warn: &mut Vec<String>) -> Result<Success, Failure> {
         }
         Cmd::Completions { .. } | Cmd::Man => Err(Failure::Local("handled before".into())),
     }
+}
+
+/// The `dom0+PORT` arguments of the device named, or, without a name, of
+/// every device `listing` (Assigned or Attached) gives for `q`.
+fn named_or_all(
+    client: &Client,
+    q: &str,
+    device: Option<&str>,
+    listing: Method,
+    resolve: &dyn Fn(&str) -> Result<device::Resolved, Failure>,
+) -> Result<Vec<String>, Failure> {
+    Ok(match device {
+        Some(d) => vec![resolve(d)?.port_qarg()],
+        None => client
+            .assignments(q, listing)?
+            .iter()
+            .map(|a| format!("dom0+{}", a.port))
+            .collect(),
+    })
 }
 
 /// `assign` (and `attach --persistent`): the device resolved to its port

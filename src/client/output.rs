@@ -33,17 +33,10 @@ fn data<'a>(d: &'a DeviceEntry, key: &str) -> &'a str {
     d.data.iter().find(|(k, _)| k == key).map_or("", |(_, v)| v.as_str())
 }
 
-/// `Class: Vendor Product`, as the tables show a device.
+/// `Class: Vendor Product`, as the tables show a device (the JSON's
+/// `description`, one place for both).
 fn description(d: &DeviceEntry) -> String {
-    let name = [d.vendor.as_deref(), d.product.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
-    match data(d, "class_name") {
-        "" => name,
-        class => format!("{class}: {name}"),
-    }
+    DeviceJson::new(d, None).description
 }
 
 /// A device in the one JSON schema (docs/json-schema.json, `device`).
