@@ -251,17 +251,20 @@ fn rpcname_ok(s: &str) -> bool {
 }
 
 /// Validates a rule's service and argument columns.
-pub fn parse_service_argument(service: &str, argument: &str) -> Result<(Option<String>, Option<String>), String> {
+pub fn parse_service_argument<'a>(
+    service: &'a str,
+    argument: &'a str,
+) -> Result<(Option<&'a str>, Option<&'a str>), String> {
     let service = match service {
         "*" => None,
-        s if !s.is_empty() && rpcname_ok(s) && !s.contains('+') => Some(s.to_owned()),
+        s if !s.is_empty() && rpcname_ok(s) && !s.contains('+') => Some(s),
         s => return Err(format!("service {s:?} contains invalid characters")),
     };
     let argument = match argument {
         "*" => None,
         a if !rpcname_ok(a) => return Err(format!("argument {a:?} contains invalid characters")),
         a if !a.starts_with('+') => return Err(format!("argument {a:?} does not start with +")),
-        a => Some(a.to_owned()),
+        a => Some(a),
     };
     if service.is_none() && argument.is_some() {
         return Err("only * argument allowed for * service".to_owned());
@@ -419,6 +422,9 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// The service and argument an old-syntax file is bound to (interned).
+type Binding = (Option<Arc<str>>, Option<Arc<str>>);
+
 /// Whether a file in a policy directory counts, and whether its name is valid.
 fn policy_file_name(name: &str) -> Option<Result<(), String>> {
     if !name.ends_with(".policy") || name.starts_with('.') {
@@ -522,12 +528,7 @@ impl Loader<'_> {
     }
 
     /// Loads a file; `service` set means old per-service syntax bound to it.
-    fn load_file(
-        &mut self,
-        path: &Path,
-        policy_dir: &Path,
-        service: Option<(&Option<String>, &Option<String>)>,
-    ) -> Result<(), PolicyError> {
+    fn load_file(&mut self, path: &Path, policy_dir: &Path, service: Option<&Binding>) -> Result<(), PolicyError> {
         let file = path.display().to_string();
         let err = |line: Option<usize>, message: String| PolicyError {
             file: file.clone(),
@@ -568,7 +569,7 @@ impl Loader<'_> {
         text: &str,
         file: &str,
         policy_dir: &Path,
-        service: Option<(&Option<String>, &Option<String>)>,
+        service: Option<&Binding>,
     ) -> Result<(), PolicyError> {
         // Python's universal newlines: "\r\n", "\r" and "\n" all end a line.
         let text = if text.contains('\r') {
@@ -589,7 +590,7 @@ impl Loader<'_> {
             };
             let parsed = match service {
                 None => self.new_syntax_line(line, file, lineno, policy_dir),
-                Some((svc, arg)) => self.old_syntax_line(line, file, lineno, policy_dir, svc, arg),
+                Some(binding) => self.old_syntax_line(line, file, lineno, policy_dir, binding),
             };
             if let Err(e) = parsed {
                 self.fail(err(e))?;
@@ -598,12 +599,7 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn include(
-        &mut self,
-        policy_dir: &Path,
-        path: &str,
-        service: Option<(&Option<String>, &Option<String>)>,
-    ) -> Result<(), String> {
+    fn include(&mut self, policy_dir: &Path, path: &str, service: Option<&Binding>) -> Result<(), String> {
         let p = self.fs.resolve(policy_dir, path);
         if !self.fs.is_file(&p) {
             return Err(format!("not a file: {path}"));
@@ -636,7 +632,8 @@ impl Loader<'_> {
                     count(3)?;
                     let [svc, arg, path] = [0, 1, 2].map(|i| params.get(i).copied().unwrap_or_default());
                     let (svc, arg) = parse_service_argument(svc, arg)?;
-                    self.include(policy_dir, path, Some((&svc, &arg)))
+                    let binding = (svc.map(|s| self.intern(s)), arg.map(|a| self.intern(a)));
+                    self.include(policy_dir, path, Some(&binding))
                 }
                 "!compat-4.0" => {
                     count(0)?;
@@ -654,6 +651,8 @@ impl Loader<'_> {
         let [service, argument, source, target, action] =
             [0, 1, 2, 3, 4].map(|i| fields.get(i).copied().unwrap_or_default());
         let (service, argument) = parse_service_argument(service, argument)?;
+        let service = service.map(|s| self.intern(s));
+        let argument = argument.map(|a| self.intern(a));
         self.push_rule(
             service,
             argument,
@@ -669,8 +668,8 @@ impl Loader<'_> {
     #[allow(clippy::too_many_arguments)]
     fn push_rule(
         &mut self,
-        service: Option<String>,
-        argument: Option<String>,
+        service: Option<Arc<str>>,
+        argument: Option<Arc<str>>,
         source: &str,
         target: &str,
         action: &str,
@@ -684,8 +683,6 @@ impl Loader<'_> {
         let source = Token::parse(source, Ctx::Source)?;
         let target = Token::parse(target, Ctx::Target)?;
         let action = parse_action(action, params, &target)?;
-        let service = service.map(|s| self.intern(&s));
-        let argument = argument.map(|a| self.intern(&a));
         let file = self.intern(file);
         self.rules.push(Rule {
             service,
@@ -705,8 +702,7 @@ impl Loader<'_> {
         file: &str,
         lineno: usize,
         policy_dir: &Path,
-        svc: &Option<String>,
-        arg: &Option<String>,
+        binding: &Binding,
     ) -> Result<(), String> {
         // `$` for `@` (and `$include:` for `!include`) needs a copy; commas
         // separate like spaces, without one.
@@ -718,7 +714,7 @@ impl Loader<'_> {
         let fields = fields_split(&line, true);
         if line.starts_with('!') {
             return match fields.as_slice() {
-                ["!include", path] => self.include(policy_dir, path, Some((svc, arg))),
+                ["!include", path] => self.include(policy_dir, path, Some(binding)),
                 ["!include", ..] => Err("invalid number of params".to_owned()),
                 _ => Err(format!(
                     "invalid directive: {}",
@@ -731,8 +727,8 @@ impl Loader<'_> {
         }
         let [source, target, action] = [0, 1, 2].map(|i| fields.get(i).copied().unwrap_or_default());
         self.push_rule(
-            svc.clone(),
-            arg.clone(),
+            binding.0.clone(),
+            binding.1.clone(),
             source,
             target,
             action,
@@ -797,13 +793,12 @@ impl Loader<'_> {
         entries.sort_by(|a, b| (&a.0, a.1.is_none(), &a.1).cmp(&(&b.0, b.1.is_none(), &b.1)));
         for (service, argument, name) in entries {
             let path = compat_dir.join(&name);
-            let (svc, arg) = (Some(service), argument);
-            self.load_file(&path, &compat_dir, Some((&svc, &arg)))
+            let binding = (Some(self.intern(&service)), argument.as_deref().map(|a| self.intern(a)));
+            self.load_file(&path, &compat_dir, Some(&binding))
                 .map_err(|e| format!("in legacy policy: {e}"))?;
-            if arg.is_some() {
+            if argument.is_some() {
                 let file = self.intern(&path.display().to_string());
-                let service = svc.as_deref().map(|s| self.intern(s));
-                let argument = arg.as_deref().map(|a| self.intern(a));
+                let (service, argument) = binding;
                 for target in [Token::AnyVm, Token::AdminVm] {
                     self.rules.push(Rule {
                         service: service.clone(),
