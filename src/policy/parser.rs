@@ -234,15 +234,29 @@ fn fields_split(line: &str, commas: bool) -> Vec<&str> {
         // syntax, handled by the caller's replacement there.
         return line.split_whitespace().collect();
     }
-    // `split_ascii_whitespace` leaves out vertical tab (0x0b), which Rust's
-    // (and Python's) whitespace includes: split on it as well.
     let bytes = line.as_bytes();
-    if !commas && !bytes.contains(&0x0b) {
+    // `split_ascii_whitespace` leaves out vertical tab (0x0b), which Rust's
+    // (and Python's) whitespace includes.
+    if !commas && memchr::memchr(0x0b, bytes).is_none() {
         return line.split_ascii_whitespace().collect();
     }
-    line.split(|c: char| c.is_ascii_whitespace() || c == '\x0b' || (commas && c == ','))
-        .filter(|f| !f.is_empty())
-        .collect()
+    let separator = |b: u8| b.is_ascii_whitespace() || b == 0x0b || (commas && b == b',');
+    let mut out = Vec::with_capacity(8);
+    let mut start = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match (separator(b), start) {
+            (true, Some(s)) => {
+                out.extend(line.get(s..i));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.extend(line.get(s..));
+    }
+    out
 }
 
 fn rpcname_ok(s: &str) -> bool {
@@ -572,7 +586,7 @@ impl Loader<'_> {
         service: Option<&Binding>,
     ) -> Result<(), PolicyError> {
         // Python's universal newlines: "\r\n", "\r" and "\n" all end a line.
-        let text = if text.contains('\r') {
+        let text = if memchr::memchr(b'\r', text.as_bytes()).is_some() {
             std::borrow::Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))
         } else {
             std::borrow::Cow::Borrowed(text)
@@ -706,7 +720,7 @@ impl Loader<'_> {
     ) -> Result<(), String> {
         // `$` for `@` (and `$include:` for `!include`) needs a copy; commas
         // separate like spaces, without one.
-        let line = if line.contains('$') {
+        let line = if memchr::memchr(b'$', line.as_bytes()).is_some() {
             std::borrow::Cow::Owned(line.replace("$include:", "!include ").replace('$', "@"))
         } else {
             std::borrow::Cow::Borrowed(line)
