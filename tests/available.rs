@@ -141,12 +141,7 @@ fn list_table_and_json() {
     let row = text.lines().find(|l| l.starts_with("dom0:00_14.0 ")).unwrap();
     assert!(row.ends_with("sys-usb (required, no-strict-reset=True)"), "{row}");
     let v: serde_json::Value = serde_json::from_slice(&env.cli(&["list", "--json"], b"").stdout).unwrap();
-    let usb = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["port_id"] == "00_14.0")
-        .unwrap();
+    let usb = common::device_at(&v, "00_14.0");
     assert_eq!(
         usb["assigned_to"],
         serde_json::json!([{"qube": "sys-usb", "mode": "required", "options": {"no-strict-reset": true}}])

@@ -41,6 +41,17 @@ fn client(env: &TestEnv, protocol: &str, args: &[&str]) -> Output {
     common::run(c, b"")
 }
 
+/// The client with `transport` (a stand-in for qrexec-client-vm) as its transport.
+fn client_via(env: &TestEnv, transport: &std::path::Path, args: &[&str]) -> Output {
+    let mut c = Command::new(CLIENT);
+    c.env_clear().env("QUBES_PCI_ADMIN_LOG", "off");
+    for (k, v) in env.envs() {
+        c.env(k, v);
+    }
+    c.arg("--transport").arg(transport).args(args);
+    common::run(c, b"")
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -70,12 +81,7 @@ fn every_subcommand_in_both_protocols() {
             assert_eq!(stdout(&client(&env, protocol, alias)), table, "{alias:?}");
         }
         let list = json(&client(&env, protocol, &["--json", "list"]));
-        let usb = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["port_id"] == "00_14.0")
-            .unwrap();
+        let usb = common::device_at(&list, "00_14.0");
         assert_eq!(usb["device_id"], "0x8086:0x8cb1::p0c0330");
         assert_eq!(usb["sbdf"], "0000:00:14.0");
         assert_eq!(usb["bridge"], false);
@@ -258,13 +264,7 @@ fn the_native_protocol_falls_back_to_text_by_itself() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut c = Command::new(CLIENT);
-    c.env_clear().env("QUBES_PCI_ADMIN_LOG", "off");
-    for (k, v) in env.envs() {
-        c.env(k, v);
-    }
-    c.arg("--transport").arg(&fake).args(["--json", "list"]);
-    let out = common::run(c, b"");
+    let out = client_via(&env, &fake, &["--json", "list"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(json(&out).as_array().unwrap().len() > 3);
     assert!(std::fs::read_to_string(dir.path().join("calls"))
@@ -359,34 +359,16 @@ fn list_shows_who_each_device_is_assigned_to() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let run = |args: &[&str]| {
-        let mut c = Command::new(CLIENT);
-        c.env_clear().env("QUBES_PCI_ADMIN_LOG", "off");
-        for (k, v) in env.envs() {
-            c.env(k, v);
-        }
-        c.arg("--transport").arg(&fake).args(args);
-        common::run(c, b"")
-    };
+    let run = |args: &[&str]| client_via(&env, &fake, args);
     let out = run(&["--json", "list"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let list = json(&out);
-    let usb = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["port_id"] == "00_14.0")
-        .unwrap();
+    let usb = common::device_at(&list, "00_14.0");
     assert_eq!(
         usb["assigned_to"],
         serde_json::json!([{"qube": "work", "mode": "required", "options": {}}])
     );
-    let nic = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["port_id"] == "00_1f.6")
-        .unwrap();
+    let nic = common::device_at(&list, "00_1f.6");
     assert_eq!(nic["assigned_to"], serde_json::json!([]));
     let table = stdout(&run(&["list"]));
     assert!(

@@ -77,12 +77,7 @@ fn list_shows_qubesd_assignments_and_running_holders() {
     let out = env.cli(&["list", "--json"], b"");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let usb = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["port_id"] == "00_14.0")
-        .unwrap();
+    let usb = common::device_at(&rows, "00_14.0");
     assert_eq!(
         usb["assigned_to"],
         json!([{"qube": "sys-usb", "mode": "required", "options": {}}])

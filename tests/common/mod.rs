@@ -393,3 +393,10 @@ impl RealQubesd {
         c
     }
 }
+
+/// The device at `port` in a `--json` device listing (both binaries).
+pub fn device_at<'a>(list: &'a serde_json::Value, port: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .and_then(|a| a.iter().find(|d| d["port_id"] == port))
+        .unwrap_or_else(|| panic!("no device {port} in {list}"))
+}
