@@ -4,13 +4,15 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod extension;
+pub mod gather;
 pub mod handoff;
 pub mod logging;
-pub mod passthrough;
 pub mod pci;
 pub mod policy;
 pub mod qubes_xml;
 pub mod qubesd;
+pub mod rules;
 pub mod serve;
 pub mod sysinfo;
 

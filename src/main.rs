@@ -99,15 +99,19 @@ enum Command {
     #[command(hide = true)]
     Check {
         #[arg(value_enum)]
-        kind: qubes_pci_admin::passthrough::check::Kind,
+        kind: qubes_pci_admin::extension::Kind,
     },
     /// Assign every network controller to the net qube and every USB
     /// controller to the USB qube, as the Qubes installer does.
     AssignDefaults {
-        #[arg(long, default_value = "sys-net")]
-        net: String,
-        #[arg(long, default_value = "sys-usb")]
-        usb: String,
+        /// The qube for network controllers [default: sys-net, skipped
+        /// when it does not exist]; `none`: leave them as they are.
+        #[arg(long, value_name = "QUBE")]
+        net: Option<String>,
+        /// The qube for USB controllers [default: sys-usb, skipped when it
+        /// does not exist]; `none`: leave them as they are.
+        #[arg(long, value_name = "QUBE")]
+        usb: Option<String>,
         /// Show what would be assigned; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -393,7 +397,7 @@ fn run_with(svc: Service, command: Command) -> anyhow::Result<ExitCode> {
             usb,
             dry_run,
             json,
-        } => cmd::assignments::assign_defaults(&svc, &net, &usb, dry_run, json),
+        } => cmd::assignments::assign_defaults(&svc, net.as_deref(), usb.as_deref(), dry_run, json),
         Command::List { json } => {
             cmd::inspect::list(&svc, json)?;
             Ok(ExitCode::SUCCESS)

@@ -3,16 +3,20 @@
 //! `mode` attribute, or the legacy `required=`, or no mode at all meaning
 //! required; the identity from the attribute or the legacy option).
 //!
+//! Port ids written by R4.2 (BDFs) are read as qubesd holds them once it
+//! has loaded the file: converted to PCI paths ([`QubesXml::as_qubesd_loads`]).
+//!
 //! qubesd replaces the file atomically (a temporary file renamed over it)
 //! before it answers any call that changed an assignment, so the file read
 //! after such an answer is what qubesd holds.
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
-use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceId, DeviceRef, PciOptions, PciPath, QubeName, Wild};
+use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceId, DeviceRef, PciPath, QubeName, Wild};
 
-use crate::passthrough::Record;
+use crate::rules::Record;
 
 /// The largest qubes.xml read.
 const MAX_QUBES_XML: u64 = 64 << 20;
@@ -75,29 +79,11 @@ impl Entry {
         Some(a)
     }
 
-    /// What the options do once qubesd renders them: upstream turns an
-    /// option on for any non-empty value (a stored `False` is on).
-    pub fn effective_options(&self) -> PciOptions {
-        let on = |name: &str| self.options.iter().any(|(k, v)| k == name && !v.is_empty());
-        PciOptions {
-            no_strict_reset: on(qubes_pci_rpc::options::NO_STRICT_RESET),
-            permissive: on(qubes_pci_rpc::options::PERMISSIVE),
-        }
-    }
-
-    /// The entry as the rules see it (dom0 devices with a port only).
+    /// The entry as the rules see it (dom0 devices with a port only), its
+    /// options as qubesd renders them (a stored `False` is on).
     pub fn to_record(&self) -> Option<Record> {
         let a = self.to_assignment()?;
-        if !a.device.backend.is_dom0() {
-            return None;
-        }
-        Some(Record {
-            frontend: a.frontend?,
-            port: a.device.port.as_option()?.clone(),
-            device_id: a.device.device_id,
-            mode: a.mode,
-            options: self.effective_options(),
-        })
+        Record::stored(a.frontend.clone()?, &a)
     }
 }
 
@@ -176,6 +162,31 @@ impl QubesXml {
             }
         }
         Ok(QubesXml { entries })
+    }
+
+    /// The file as qubesd holds it once loaded: port ids written by R4.2
+    /// (BDFs) converted to PCI paths with `sysfs`, as qubesd converts them.
+    /// The same value when nothing needs converting.
+    pub fn as_qubesd_loads(self: &Arc<Self>, sysfs: &Path) -> Arc<QubesXml> {
+        let convert = crate::pci::sysfs::ports_as_qubesd_loads(sysfs);
+        let converted: Vec<(usize, String)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.id != "*")
+            .filter_map(|(i, e)| Some((i, convert(&e.id)?.to_string())))
+            .filter(|(i, id)| self.entries.get(*i).is_some_and(|e| &e.id != id))
+            .collect();
+        if converted.is_empty() {
+            return self.clone();
+        }
+        let mut out = QubesXml::clone(self);
+        for (i, id) in converted {
+            if let Some(e) = out.entries.get_mut(i) {
+                e.id = id;
+            }
+        }
+        Arc::new(out)
     }
 
     /// The assignments of `qube`, as qubesd lists them.

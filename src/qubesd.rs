@@ -90,21 +90,18 @@ impl Qubesd {
         })
     }
 
-    /// A qube's `virt_mode` (`admin.vm.property.Get`, which also gives the
-    /// default qubesd computes when none is set).
-    pub fn virt_mode(&self, qube: &QubeName) -> Result<String, QubesdError> {
+    /// A qube's `virt_mode` and whether it is qubesd's default rather than
+    /// set on the qube (`admin.vm.property.Get` answers `default=True
+    /// type=str pvh`: a fresh qube reads pvh until its first PCI
+    /// assignment, hvm after).
+    pub fn virt_mode(&self, qube: &QubeName) -> Result<(String, bool), QubesdError> {
         let method = "admin.vm.property.Get";
         let body = expect_ok(method, self.admin(method, "virt_mode", qube, b"")?)?;
-        // `default=True type=str hvm`
         let text = String::from_utf8_lossy(&body);
-        text.split(' ')
-            .nth(2)
-            .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_lowercase()))
-            .map(str::to_owned)
-            .ok_or_else(|| QubesdError::Unexpected {
-                method: method.to_owned(),
-                detail: format!("virt_mode of {qube} is {text:?}"),
-            })
+        parse_property(&text).ok_or_else(|| QubesdError::Unexpected {
+            method: method.to_owned(),
+            detail: format!("virt_mode of {qube} is {text:?}"),
+        })
     }
 
     /// What `admin.vm.device.pci.Attached` says of a qube, parsed.
@@ -116,6 +113,20 @@ impl Qubesd {
             detail: e.to_string(),
         })
     }
+}
+
+/// `default=True|False type=TYPE VALUE`: the value and whether it is the
+/// default. Only lower-case ASCII values (what `virt_mode` takes).
+fn parse_property(text: &str) -> Option<(String, bool)> {
+    let mut f = text.splitn(3, ' ');
+    let default = match f.next()? {
+        "default=True" => true,
+        "default=False" => false,
+        _ => return None,
+    };
+    f.next()?.strip_prefix("type=")?;
+    let value = f.next()?;
+    (!value.is_empty() && value.chars().all(|c| c.is_ascii_lowercase())).then(|| (value.to_owned(), default))
 }
 
 /// A read whose answer must be a success: a refusal of a read the front
@@ -238,6 +249,28 @@ mod tests {
             b"2\0../x\0\0m\0",
         ] {
             assert_eq!(Answer::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn properties_carry_their_default_flag() {
+        assert_eq!(parse_property("default=True type=str pvh"), Some(("pvh".into(), true)));
+        assert_eq!(
+            parse_property("default=False type=str pvh"),
+            Some(("pvh".into(), false))
+        );
+        assert_eq!(
+            parse_property("default=False type=str hvm"),
+            Some(("hvm".into(), false))
+        );
+        for bad in [
+            "",
+            "default=True type=str ",
+            "default=maybe type=str hvm",
+            "default=True str hvm",
+            "hvm",
+        ] {
+            assert_eq!(parse_property(bad), None, "{bad:?}");
         }
     }
 

@@ -33,9 +33,12 @@ pub struct DomainInfo {
     pub uuid: Option<String>,
     #[serde(default)]
     pub default_dispvm: Option<String>,
-    #[serde(default)]
+    /// A property (a bool), read by truthiness like `internal`.
+    #[serde(default, deserialize_with = "truthy")]
     pub template_for_dispvms: Option<bool>,
-    #[serde(default)]
+    /// A feature: qubesd stores features as strings (`"1"`, `""`) and sends
+    /// them as stored; read by Python's truthiness, as qrexec reads it.
+    #[serde(default, deserialize_with = "truthy")]
     pub internal: Option<bool>,
     #[serde(default)]
     pub guivm: Option<String>,
@@ -45,6 +48,23 @@ pub struct DomainInfo {
     pub transport_rpc: Option<String>,
     #[serde(default)]
     pub icon: Option<String>,
+}
+
+/// Any JSON value as Python's `bool()` sees it (`null` stays unknown):
+/// qubesd sends features as the strings it stores, properties as their
+/// types, and a value of an unexpected type must not make the whole
+/// system info unreadable (which would stop every call).
+fn truthy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    use serde::Deserialize;
+    use serde_json::Value;
+    Ok(match Value::deserialize(d)? {
+        Value::Null => None,
+        Value::Bool(b) => Some(b),
+        Value::Number(n) => Some(n.as_f64().is_some_and(|f| f != 0.0)),
+        Value::String(s) => Some(!s.is_empty()),
+        Value::Array(a) => Some(!a.is_empty()),
+        Value::Object(o) => Some(!o.is_empty()),
+    })
 }
 
 impl DomainInfo {
@@ -96,5 +116,36 @@ impl SystemInfo {
 
     pub fn resolve(&self, q: &QubeRef) -> Option<(&str, &DomainInfo)> {
         self.get(&q.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// qubesd sends `internal` as the feature string it stores (`"1"` on
+    /// default-mgmt-dvm and preloaded disposables, `""` when cleared),
+    /// `null` when unset; any other type is read by truthiness too.
+    #[test]
+    fn features_are_read_as_qubesd_sends_them() {
+        let info = SystemInfo::parse(
+            br#"{"domains": {
+                "default-mgmt-dvm": {"type": "AppVM", "internal": "1", "template_for_dispvms": true},
+                "cleared": {"type": "AppVM", "internal": ""},
+                "unset": {"type": "AppVM", "internal": null, "template_for_dispvms": false},
+                "odd": {"type": "AppVM", "internal": 0, "template_for_dispvms": "1"},
+                "bool": {"type": "AppVM", "internal": true}
+            }}"#,
+            "test",
+        )
+        .unwrap();
+        let internal = |n: &str| info.domains[n].internal;
+        assert_eq!(internal("default-mgmt-dvm"), Some(true));
+        assert_eq!(internal("cleared"), Some(false));
+        assert_eq!(internal("unset"), None);
+        assert_eq!(internal("odd"), Some(false));
+        assert_eq!(internal("bool"), Some(true));
+        assert_eq!(info.domains["odd"].template_for_dispvms, Some(true));
+        assert_eq!(info.domains["unset"].template_for_dispvms, Some(false));
     }
 }

@@ -1,7 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 //! The qubesd extension (service/qubesd-ext), run with test doubles of
 //! qubesd's objects (tests/extension/fakes) against the real binary and a
-//! fake sysfs: the facts it passes, the refusals it raises, fail-closed.
+//! fake sysfs: the facts it passes, the refusals it raises, fail-closed,
+//! and that every facts object it sends is of the contract's shape
+//! (`qubes_pci_rpc::extension`, docs/extension-schema.json).
 //! Against upstream qubesd itself: tests/real_qubesd.rs.
 
 mod common;
@@ -10,12 +12,51 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{FakeSysfs, BIN};
+use qubes_pci_rpc::extension::{ExtensionFacts, Verdict};
+
+const SCHEMA: &str = "docs/extension-schema.json";
+
+/// The contract's JSON schema, generated from its types.
+fn schema() -> serde_json::Value {
+    let mut s = serde_json::to_value(schemars::schema_for!(ExtensionFacts)).unwrap();
+    let verdict = serde_json::to_value(schemars::schema_for!(Verdict)).unwrap();
+    s["$defs"]["Verdict"] = verdict;
+    s["$defs"]["Verdict"].as_object_mut().unwrap().remove("$schema");
+    s
+}
+
+#[test]
+fn the_committed_schema_is_the_one_the_types_define() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let generated = serde_json::to_string_pretty(&schema()).unwrap() + "\n";
+    if std::env::var_os("QUBES_PCI_ADMIN_WRITE_SCHEMA").is_some() {
+        std::fs::write(root.join(SCHEMA), &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(root.join(SCHEMA)).unwrap();
+    assert_eq!(
+        committed, generated,
+        "{SCHEMA} is out of date: run the test with QUBES_PCI_ADMIN_WRITE_SCHEMA=1"
+    );
+}
 
 #[test]
 fn the_extension_asks_the_binary_and_raises_its_refusals() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sysfs = FakeSysfs::standard();
     let policy = tempfile::tempdir().unwrap();
+    // The binary behind a recorder: every facts object the extension sends
+    // is kept, then checked against the contract.
+    let facts = tempfile::tempdir().unwrap();
+    let recorder = facts.path().join("qubes-pci-admin");
+    std::fs::write(
+        &recorder,
+        format!(
+            "#!/bin/sh\ntee \"{}/$2.$$.json\" | exec \"{BIN}\" \"$@\"\n",
+            facts.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&recorder, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = Command::new("python3")
         .arg(root.join("tests/extension/test_extension.py"))
         .env(
@@ -27,8 +68,9 @@ fn the_extension_asks_the_binary_and_raises_its_refusals() {
             ),
         )
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("QUBES_PCI_ADMIN_BIN", BIN)
+        .env("QUBES_PCI_ADMIN_BIN", &recorder)
         .env("QUBES_PCI_ADMIN_SYSFS", sysfs.root())
+        .env("QUBES_PCI_ADMIN_PROCFS", policy.path())
         .env("QUBES_PCI_ADMIN_POLICY_DIR", policy.path())
         .env("QUBES_PCI_ADMIN_LOG", "off")
         .output()
@@ -39,5 +81,32 @@ fn the_extension_asks_the_binary_and_raises_its_refusals() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("6 passed, 0 failed"), "{text}");
+    assert!(text.contains("11 passed, 0 failed"), "{text}");
+
+    let schema = schema();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(facts.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let sent: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&sent).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}\n{sent:#}", path.display());
+        kinds.insert(
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .split('.')
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["assign", "attach", "detach", "set-mode", "start"],
+        "every kind of facts was sent and checked"
+    );
 }

@@ -169,7 +169,7 @@ fn check_assign_applies_the_rules_to_the_facts_it_is_given() {
     let mut f = facts("00_14.0", "*", "work", json!({"permissive": "True"}), json!([]));
     assert_eq!(check(&env, "assign", &f).1, json!({"ok": true}));
     f["source"] = json!("mgmt");
-    f["system"] = json!({"domains": {"mgmt": {"type": "AppVM", "tags": []}, "work": {"type": "AppVM", "tags": []}}});
+    f["system"] = json!({"mgmt": {"type": "AppVM", "tags": []}, "work": {"type": "AppVM", "tags": []}});
     assert_eq!(check(&env, "assign", &f).1["exception"], "QubesDaemonAccessError");
     // Modes other than required; hot-plug and detach of a running qube.
     let (_, v) = check(
@@ -178,7 +178,8 @@ fn check_assign_applies_the_rules_to_the_facts_it_is_given() {
         &json!({"dest": "work", "device": {"port": "00_14.0"}, "mode": "auto-attach"}),
     );
     assert_eq!(v["exception"], "QubesValueError");
-    let running = json!({"dest": "work", "dest_running": true, "device": {"port": "00_14.0"}});
+    let running =
+        json!({"dest": "work", "dest_running": true, "dest_attached": ["00_14.0"], "device": {"port": "00_14.0"}});
     assert_eq!(check(&env, "attach", &running).1["exception"], "QubesVMNotHaltedError");
     assert_eq!(check(&env, "detach", &running).1["exception"], "QubesVMNotHaltedError");
     let halted = json!({"dest": "work", "dest_running": false, "device": {"port": "00_14.0"}});

@@ -187,7 +187,7 @@ fn devices_dom0_uses_are_refused_to_qubes() {
     let facts = |source: &str| {
         serde_json::json!({"source": source, "dest": "work", "dest_virt_mode": "hvm",
             "device": {"port": "00_17.0"}, "mode": "required", "options": {}, "assignments": [],
-            "system": {"domains": {"mgmt": {"type": "AppVM"}, "work": {"type": "AppVM"}}}})
+            "system": {"mgmt": {"type": "AppVM"}, "work": {"type": "AppVM"}}})
     };
     let verdict = |f: serde_json::Value| -> serde_json::Value {
         serde_json::from_slice(&env.cli(&["check", "assign"], f.to_string().as_bytes()).stdout).unwrap()

@@ -7,6 +7,7 @@
 
 pub mod assignment;
 pub mod device;
+pub mod extension;
 pub mod ident;
 pub mod json;
 pub mod method;

@@ -1,23 +1,19 @@
-//! The write methods `Assign`, `Unassign` and `Set.assignment`: checked
-//! here, then sent to qubesd as one canonical request each (qubesd's
-//! qubes.xml is the one record), and qubesd's answer relayed.
+//! The write methods `Assign`, `Unassign` and `Set.assignment`: facts
+//! gathered, [`decide`]d, then sent to qubesd as one canonical request each
+//! (qubesd's qubes.xml is the one record), and qubesd's answer relayed.
 
-use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceRef, Method, PciOptions, QubeName, Wild};
+use qubes_pci_rpc::{Assignment, AssignmentMode, DeviceRef, Method, QubeName, Wild};
 
+use super::facts::{gather, Needs};
 use super::{Call, Output, Service};
 use crate::error::ApiError;
-use crate::passthrough::rules::{self, Dest, Plan};
-use crate::passthrough::Record;
-use crate::pci::Inventory;
-
-/// The policy service that must also allow setting an option.
-pub const OPTION_SERVICE: &str = "admin.vm.device.pci.Option";
+use crate::rules::{decide, Decision, Kind, Plan, Record};
 
 pub(super) fn assign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let dev = call.device_arg()?;
     let assignment =
         Assignment::deserialize(&call.req.untrusted_payload, &dev).map_err(|e| ApiError::Protocol(e.to_string()))?;
-    let frontend = call.dest_name()?;
+    let frontend = call.dest.clone();
     if let Some(given) = &assignment.frontend {
         if *given != frontend {
             return Err(ApiError::Protocol(format!(
@@ -25,30 +21,27 @@ pub(super) fn assign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
             )));
         }
     }
-    let new = record_of(&assignment, frontend.clone())?;
-    rules::check_mode(new.mode, frontend.as_str(), &new.device_name())?;
-    let dest = Dest {
-        name: &call.dest,
-        class: call.dest_info().and_then(|i| i.klass.as_deref()),
-        virt_mode: None,
-    };
-    rules::check_qube(&dest, &new.device_name())?;
-    let virt_mode = svc.qubesd().virt_mode(&frontend)?;
-    let dest = Dest {
-        virt_mode: Some(&virt_mode),
-        ..dest
-    };
-    let assigned = svc.qubes_xml()?.records();
-    let at_port = Inventory::scan_port(&svc.config.sysfs, &new.port)?;
-    let dom0 = svc.dom0_uses(call.req.source.is_dom0());
-    let plan = rules::check_assign(&dest, &new, &assigned, at_port.as_ref(), &dom0, |name| {
-        grant_option(svc, call, name)
-    })?;
-    let others: Vec<String> = rules::also_assigned(&assigned, &new)
-        .map(|r| r.frontend.to_string())
-        .collect();
-    match plan {
-        Plan::New | Plan::Identical => send_assign(svc, &new)?,
+    let new = Record::requested(
+        frontend.clone(),
+        &assignment.device,
+        assignment.mode,
+        &assignment.options,
+    )
+    .map_err(|e| ApiError::Value(e.to_string()))?;
+    let facts = gather(
+        svc,
+        call,
+        Needs {
+            ports: &[&new.port],
+            options: new.options,
+            virt_mode: new.mode == AssignmentMode::Required,
+            assignments: true,
+            attached: false,
+        },
+    )?;
+    let decision = decide(&Kind::Assign(new.clone()), &facts)?;
+    log_warnings(&decision);
+    match decision.plan {
         Plan::Mode { .. } => svc.forward(
             Method::SetAssignment,
             &new.device_ref().to_qarg(),
@@ -56,17 +49,16 @@ pub(super) fn assign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
             new.mode.as_str().as_bytes(),
         )?,
         Plan::Replace { before } => replace(svc, &before, &new)?,
+        Plan::New | Plan::Identical | Plan::Proceed => send_assign(svc, &new)?,
     };
     tracing::info!(device = %new.device_name(), qube = %frontend, mode = %new.mode, "assigned");
-    if !others.is_empty() {
-        tracing::warn!(
-            device = %new.device_name(),
-            "PCI device is now assigned to several qubes ({} and {}); only one of them can run at a time",
-            frontend,
-            others.join(", ")
-        );
-    }
     Ok(Output::Empty)
+}
+
+fn log_warnings(decision: &Decision) {
+    for w in &decision.warnings {
+        tracing::warn!("{w}");
+    }
 }
 
 /// The canonical Assign of `r`.
@@ -110,51 +102,6 @@ fn replace(svc: &Service, before: &Record, after: &Record) -> Result<Output, Api
     }
 }
 
-/// A validated assignment for `frontend`: a concrete port and valid options.
-pub fn record_of(assignment: &Assignment, frontend: QubeName) -> Result<Record, ApiError> {
-    let Wild::Is(port) = assignment.device.port.clone() else {
-        return Err(ApiError::Value(format!(
-            "assign a PCI device to {frontend} by its port id (such as dom0+00_14.0+_): `qvm-pci` lists them"
-        )));
-    };
-    let options = PciOptions::from_pairs(&assignment.options).map_err(|e| ApiError::Value(e.to_string()))?;
-    Ok(Record {
-        frontend,
-        port,
-        device_id: assignment.device.device_id.clone(),
-        mode: assignment.mode,
-        options,
-    })
-}
-
-/// Setting an option needs its own allow rule for the same source and
-/// target (`admin.vm.device.pci.Option+NAME`); dom0 needs none.
-fn grant_option(svc: &Service, call: &Call, name: &str) -> Result<(), ApiError> {
-    crate::policy::check_service(
-        || svc.policy(),
-        &call.system,
-        &call.req.source,
-        &call.req.target,
-        OPTION_SERVICE,
-        name,
-        false,
-    )
-    .map_err(|why| option_denied(&call.req.source, &call.req.target.to_string(), name, &why))
-}
-
-/// The refusal of an option the policy does not grant.
-pub fn option_denied(source: &QubeName, target: &str, name: &str, why: &str) -> ApiError {
-    tracing::warn!(%source, target, option = name, "option denied: {why}");
-    ApiError::PermissionDenied {
-        message: format!(
-            "setting {name} on a PCI assignment weakens isolation, and dom0's qrexec policy does not allow \
-             {OPTION_SERVICE}+{name} from {source} to {target}; nothing was changed. A dom0 administrator can \
-             allow it in the policy, or assign without the option"
-        ),
-        read: false,
-    }
-}
-
 /// The assignment of `qube` that a call's argument names: same port and
 /// device id; an argument without a device id also finds the one
 /// assignment at that port.
@@ -175,25 +122,21 @@ pub fn find_for_arg<'a>(assigned: &'a [Record], qube: &QubeName, dev: &DeviceRef
     None
 }
 
-/// The argument qubesd needs for the assignment the caller named: the
-/// stored identity when there is one, else the caller's own (canonical).
-fn stored_qarg(svc: &Service, qube: &QubeName, dev: &DeviceRef) -> Result<String, ApiError> {
-    let assigned = svc.qubes_xml()?.records();
-    Ok(find_for_arg(&assigned, qube, dev).map_or_else(|| dev.to_qarg(), |r| r.device_ref().to_qarg()))
-}
-
 /// `Unassign`: by stored identity, whether or not the device still exists.
 pub(super) fn unassign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let dev = call.device_arg()?;
-    let qube = call.dest_name()?;
-    let arg = stored_qarg(svc, &qube, &dev)?;
-    svc.forward(Method::Unassign, &arg, &qube, b"")?;
+    let qube = &call.dest;
+    let assigned = svc.qubes_xml()?.records();
+    let arg = find_for_arg(&assigned, qube, &dev).map_or_else(|| dev.to_qarg(), |r| r.device_ref().to_qarg());
+    decide(&Kind::Unassign, &gather(svc, call, Needs::default())?)?;
+    svc.forward(Method::Unassign, &arg, qube, b"")?;
     tracing::info!(device = %dev, qube = %qube, "unassigned");
     Ok(Output::Empty)
 }
 
-/// `Set.assignment`: the payload is exactly a mode, and for PCI only
-/// `required` takes effect.
+/// `Set.assignment`: the payload is exactly a mode; for PCI only
+/// `required` takes effect, and turning an assignment into `required`
+/// meets every rule an Assign meets.
 pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let mode = match &call.req.untrusted_payload[..] {
         b"required" => AssignmentMode::Required,
@@ -202,10 +145,28 @@ pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Output, ApiError> {
         _ => return Err(ApiError::InvalidMode),
     };
     let dev = call.device_arg()?;
-    let qube = call.dest_name()?;
-    rules::check_mode(mode, qube.as_str(), &dev.to_string())?;
-    let arg = stored_qarg(svc, &qube, &dev)?;
-    svc.forward(Method::SetAssignment, &arg, &qube, mode.as_str().as_bytes())?;
+    let qube = &call.dest;
+    let assigned = svc.qubes_xml()?.records();
+    let stored = find_for_arg(&assigned, qube, &dev).cloned();
+    let arg = stored
+        .as_ref()
+        .map_or_else(|| dev.to_qarg(), |r| r.device_ref().to_qarg());
+    let new = match stored {
+        Some(r) => Record { mode, ..r },
+        None => Record::requested(qube.clone(), &dev, mode, &[]).map_err(|e| ApiError::Value(e.to_string()))?,
+    };
+    let facts = gather(
+        svc,
+        call,
+        Needs {
+            ports: &[&new.port],
+            virt_mode: mode == AssignmentMode::Required,
+            assignments: true,
+            ..Needs::default()
+        },
+    )?;
+    log_warnings(&decide(&Kind::SetMode(new), &facts)?);
+    svc.forward(Method::SetAssignment, &arg, qube, mode.as_str().as_bytes())?;
     tracing::info!(device = %dev, qube = %qube, "assignment mode set to {mode}");
     Ok(Output::Empty)
 }

@@ -12,7 +12,7 @@ pub(super) fn handle(svc: &Service, call: &Call) -> Result<Output, ApiError> {
         _ => None,
     };
     // Only dom0 exposes PCI devices.
-    if !call.dest_is_dom0() {
+    if !call.dest.is_dom0() {
         return Ok(Output::Devices(Vec::new()));
     }
     let Some(port) = filter else {

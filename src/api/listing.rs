@@ -26,13 +26,13 @@ fn filtered(call: &Call, all: Vec<Assignment>) -> Output {
 }
 
 pub(super) fn assigned(svc: &Service, call: &Call) -> Result<Output, ApiError> {
-    Ok(filtered(call, svc.qubes_xml()?.assigned_to(&call.dest)))
+    Ok(filtered(call, svc.qubes_xml()?.assigned_to(call.dest.as_str())))
 }
 
 pub(super) fn attached(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let running = call.dest_info().is_some_and(|i| i.is_running());
-    if !running || call.dest_is_dom0() {
+    if !running || call.dest.is_dom0() {
         return Ok(Output::Assignments(Vec::new()));
     }
-    Ok(filtered(call, svc.qubesd().attached(&call.dest_name()?)?))
+    Ok(filtered(call, svc.qubesd().attached(&call.dest)?))
 }

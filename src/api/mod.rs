@@ -5,6 +5,8 @@
 mod assign;
 mod attach;
 mod available;
+pub mod defaults;
+mod facts;
 mod listing;
 
 use std::time::Instant;
@@ -19,7 +21,7 @@ use qubes_pci_rpc::{
     UntrustedTarget, Wild,
 };
 
-pub use assign::{find_for_arg, option_denied, record_of, OPTION_SERVICE};
+pub use assign::find_for_arg;
 pub use available::{describe, device_infos};
 
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ use crate::qubes_xml::QubesXml;
 use crate::qubesd::{self as qubesd_wire, Qubesd};
 use crate::sysinfo::{DomainInfo, SystemInfo};
 use crate::Config;
+use qubes_pci_rpc::Target;
 
 /// The service: settings, and (for the daemon) what it keeps between calls
 /// until a watch says it changed (see [`crate::cache`]). A service made
@@ -182,22 +185,13 @@ pub struct Call {
     pub req: Request,
     pub arg: Arg,
     pub system: Arc<SystemInfo>,
-    /// The destination's name in the system info.
-    pub dest: String,
+    /// The destination, by its name in the system info.
+    pub dest: QubeName,
 }
 
 impl Call {
-    pub fn dest_is_dom0(&self) -> bool {
-        self.dest == "dom0"
-    }
-
-    /// The destination as a validated name.
-    pub fn dest_name(&self) -> Result<QubeName, ApiError> {
-        Ok(QubeName::parse(&self.dest)?)
-    }
-
     pub fn dest_info(&self) -> Option<&DomainInfo> {
-        self.system.domains.get(&self.dest)
+        self.system.domains.get(self.dest.as_str())
     }
 
     /// The device argument of a method that acts on one device. PCI devices
@@ -265,22 +259,15 @@ impl Service {
         }
     }
 
-    /// What dom0 itself uses, read now, for a call from `from_dom0`.
-    pub fn dom0_uses(&self, from_dom0: bool) -> crate::passthrough::rules::Dom0Uses {
-        crate::passthrough::rules::Dom0Uses {
-            uses: crate::pci::dom0_use::scan(&self.config.sysfs, &self.config.procfs),
-            from_dom0,
-        }
-    }
-
     pub fn qubesd(&self) -> &Qubesd {
         &self.qubesd
     }
 
-    /// qubesd's qubes.xml, parsed again only when the file changed.
+    /// qubesd's qubes.xml as qubesd holds it (R4.2's BDF port ids
+    /// converted), parsed again only when the file changed.
     pub fn qubes_xml(&self) -> Result<Arc<QubesXml>, ApiError> {
         let path = &self.config.qubes_xml;
-        through(
+        let loaded = through(
             self.kept.as_deref().map(|k| &k.xml),
             |_| vec![path.clone()],
             || false,
@@ -291,7 +278,8 @@ impl Service {
                     "dom0's record of PCI assignments (qubesd's qubes.xml) cannot be read; nothing was changed by this call. A dom0 administrator can find the cause in the journal",
                     detail,
                 )
-            })
+            })?;
+        Ok(loaded.as_qubesd_loads(&self.config.sysfs))
     }
 
     /// One request to qubesd's Admin API as dom0; its refusal keeps its
@@ -536,10 +524,10 @@ impl Service {
         let system = self.system_info()?;
         crate::policy::check(|| self.policy(), &system, &req)?;
         let dest = match &req.target {
-            qubes_pci_rpc::Target::AdminVm => "dom0".to_owned(),
-            qubes_pci_rpc::Target::Qube(q) => match system.resolve(q) {
-                Some((name, _)) => name.to_owned(),
-                None if req.target.is_dom0() => "dom0".to_owned(),
+            Target::AdminVm => QubeName::dom0(),
+            Target::Qube(q) => match system.resolve(q) {
+                Some((name, _)) => QubeName::parse(name).map_err(|_| ApiError::NoSuchQube(q.to_string()))?,
+                None if req.target.is_dom0() => QubeName::dom0(),
                 None => return Err(ApiError::NoSuchQube(q.to_string())),
             },
         };

@@ -4,36 +4,31 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use qubes_pci_admin::api::defaults::{self, Recipient};
 use qubes_pci_admin::api::Service;
-use qubes_pci_admin::passthrough::{check, defaults};
-use qubes_pci_rpc::QubeName;
+use qubes_pci_admin::extension;
+use qubes_pci_rpc::extension::{ExtensionFacts, Verdict};
 
 /// The largest facts document read from the extension.
 const MAX_FACTS: u64 = 16 << 20;
 
-fn qube(name: &str) -> anyhow::Result<QubeName> {
-    QubeName::parse(name).with_context(|| format!("{name:?} is not a qube name"))
-}
-
 /// `check KIND`: facts on stdin, verdict on stdout.
-pub fn check(svc: &Service, kind: check::Kind) -> anyhow::Result<ExitCode> {
+pub fn check(svc: &Service, kind: extension::Kind) -> anyhow::Result<ExitCode> {
     let mut input = Vec::new();
     std::io::stdin().take(MAX_FACTS + 1).read_to_end(&mut input)?;
-    let (verdict, code) = match serde_json::from_slice::<check::Facts>(&input) {
-        Ok(_) if input.len() as u64 > MAX_FACTS => (
-            serde_json::json!({"ok": false, "exception": "QubesException", "message": "the facts are too large"}),
-            2,
-        ),
-        Ok(facts) => (check::verdict(&check::run(&svc.config, kind, &facts)), 0),
-        Err(e) => (
-            serde_json::json!({
-                "ok": false,
-                "exception": "QubesException",
-                "message": format!("qubes-pci-admin could not read the facts of this call ({e}); refused"),
-            }),
-            2,
-        ),
+    let (verdict, code) = if input.len() as u64 > MAX_FACTS {
+        (Verdict::refuse("QubesException", "the facts are too large".into()), 2)
+    } else {
+        match serde_json::from_slice::<ExtensionFacts>(&input) {
+            Ok(facts) => (extension::verdict(&extension::run(&svc.config, kind, &facts)), 0),
+            Err(e) => (
+                Verdict::refuse(
+                    "QubesException",
+                    format!("qubes-pci-admin could not read the facts of this call ({e}); refused"),
+                ),
+                2,
+            ),
+        }
     };
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &verdict)?;
@@ -42,14 +37,27 @@ pub fn check(svc: &Service, kind: check::Kind) -> anyhow::Result<ExitCode> {
 }
 
 /// `assign-defaults`: one line per network or USB controller.
-pub fn assign_defaults(svc: &Service, net: &str, usb: &str, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let lines = match defaults::assign_defaults(svc, &qube(net)?, &qube(usb)?, dry_run) {
-        Ok(l) => l,
+pub fn assign_defaults(
+    svc: &Service,
+    net: Option<&str>,
+    usb: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = Recipient::parse(net, "sys-net")
+        .and_then(|net| Ok((net, Recipient::parse(usb, "sys-usb")?)))
+        .and_then(|(net, usb)| defaults::assign_defaults(svc, &net, &usb, dry_run));
+    let report = match report {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("qubes-pci-admin: {}", e.detail());
             return Ok(ExitCode::from(1));
         }
     };
+    let lines = &report.lines;
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
     let mut out = std::io::stdout().lock();
     if json {
         // The `defaults_line` shape of docs/json-schema.json.
@@ -68,22 +76,28 @@ pub fn assign_defaults(svc: &Service, net: &str, usb: &str, dry_run: bool, json:
         serde_json::to_writer_pretty(&mut out, &rows)?;
         writeln!(out)?;
     } else {
-        for l in &lines {
+        for l in lines {
             let detail = if l.detail.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", l.detail)
             };
-            match l.outcome.as_str() {
-                "assigned" | "would assign" => {
-                    writeln!(out, "{}: {} ({}) to {}{detail}", l.outcome, l.device, l.sbdf, l.qube)?
+            match (l.outcome.as_str(), &l.qube) {
+                ("assigned" | "would assign", Some(q)) => {
+                    writeln!(out, "{}: {} ({}) to {q}{detail}", l.outcome, l.device, l.sbdf)?
                 }
-                _ => writeln!(out, "{}: {} ({}) for {}{detail}", l.outcome, l.device, l.sbdf, l.qube)?,
+                (_, Some(q)) => writeln!(out, "{}: {} ({}) for {q}{detail}", l.outcome, l.device, l.sbdf)?,
+                // The class's note says why.
+                (_, None) => {}
             }
         }
         if lines.is_empty() {
             writeln!(out, "no network or USB controllers found")?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

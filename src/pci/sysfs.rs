@@ -183,6 +183,61 @@ impl Inventory {
     }
 }
 
+/// The port id qubesd holds for a port id stored in qubes.xml: qubesd
+/// converts one written by R4.2 (a BDF such as `03_00.0`) to a PCI path
+/// when it loads the file (`is_pci_path`, then `sbdf_to_path`, in
+/// qubes/vm/__init__.py), while the file keeps the old form until qubesd
+/// saves it again. The converter answers `None` when qubesd keeps an id as
+/// it is: it is already a PCI path (its first hop is on a root bus), it is
+/// no BDF, or nothing is at that address. The root buses are read once.
+pub fn ports_as_qubesd_loads(root: &Path) -> impl Fn(&str) -> Option<PciPath> + '_ {
+    let roots = root_buses(root).unwrap_or_default();
+    move |id| port_as_qubesd_loads(root, &roots, id)
+}
+
+fn port_as_qubesd_loads(root: &Path, roots: &BTreeSet<(u16, u8)>, id: &str) -> Option<PciPath> {
+    if let Ok(path) = PciPath::parse(id) {
+        let first = path.root();
+        if roots.contains(&(path.segment, first.bus)) {
+            return None;
+        }
+    }
+    let sbdf = parse_bdf(id)?;
+    if roots.contains(&(sbdf.segment, sbdf.bus)) {
+        return PciPath::new(sbdf.segment, vec![PathHop::new(sbdf.bus, sbdf.device, sbdf.function)?]);
+    }
+    let link = std::fs::read_link(device_dir(root, &sbdf)).ok()?;
+    port_of(root, roots, sbdf, Some(&link), &mut Bridges::default()).ok()
+}
+
+/// upstream's `sbdf_to_path` pattern: `[pci_][SSSS(_|:)]BB(_|:)DD(.|_)F`,
+/// lower-case hex.
+fn parse_bdf(id: &str) -> Option<Sbdf> {
+    fn hex(s: Option<&str>) -> Option<u32> {
+        let s = s?;
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            .then(|| u32::from_str_radix(s, 16).ok())
+            .flatten()
+    }
+    let s = id.strip_prefix("pci_").unwrap_or(id);
+    let (segment, rest) = match (s.len(), s.get(4..5)) {
+        (12, Some("_" | ":")) => (hex(s.get(..4))?, s.get(5..)?),
+        (7, _) => (0, s),
+        _ => return None,
+    };
+    let sep = |at: usize, ok: &[&str]| rest.get(at..at + 1).is_some_and(|c| ok.contains(&c));
+    if !sep(2, &["_", ":"]) || !sep(5, &[".", "_"]) {
+        return None;
+    }
+    Sbdf::new(
+        u16::try_from(segment).ok()?,
+        u8::try_from(hex(rest.get(..2))?).ok()?,
+        u8::try_from(hex(rest.get(3..5))?).ok()?,
+        u8::try_from(hex(rest.get(6..7))?).ok()?,
+    )
+}
+
 /// `(segment, bus)` of each `pciSSSS:BB` entry under `<root>/devices`.
 fn root_buses(root: &Path) -> Result<BTreeSet<(u16, u8)>, SysfsError> {
     let dir = root.join("devices");

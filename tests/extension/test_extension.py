@@ -2,6 +2,7 @@
 """The qubesd extension with test doubles of qubesd's objects and the real
 qubes-pci-admin binary (QUBES_PCI_ADMIN_BIN, with a fake sysfs): the facts
 it collects, the refusals it raises, and that it fails closed."""
+import asyncio
 import json
 import os
 import sys
@@ -56,11 +57,13 @@ class App:
 
 
 class VM:
-    def __init__(self, app, name, assigned=(), running=False, virt_mode="hvm", maxmem=0):
+    def __init__(self, app, name, assigned=(), running=False, virt_mode="hvm", maxmem=0,
+                 virt_mode_default=False):
         self.app = app
         self.name = name
         self.tags = set()
         self.virt_mode = virt_mode
+        self.virt_mode_default = virt_mode_default
         self.maxmem = maxmem
         self.devices = {"pci": Collection(list(assigned))}
         self.running = running
@@ -70,6 +73,10 @@ class VM:
 
     def is_running(self):
         return self.running
+
+    def property_is_default(self, prop):
+        assert prop == "virt_mode"
+        return self.virt_mode_default
 
     def is_halted(self):
         return not self.running
@@ -102,10 +109,57 @@ class ExtensionTest(unittest.TestCase):
         self.e.on_assign(source or self.dom0, "admin-permission:admin.vm.device.pci.Assign",
                          dest=dest, arg="", device=Device(port), mode=Mode(mode), options=options or {})
 
+    def start(self, vm):
+        asyncio.run(self.e.on_domain_pre_start(vm, "domain-pre-start"))
+
     def test_hooks_the_events_it_names(self):
         self.assertEqual(ext.PciAdminExtension.on_assign.ha_events,
                          ("admin-permission:admin.vm.device.pci.Assign",))
         self.assertEqual(ext.PciAdminExtension.on_domain_pre_start.ha_events, ("domain-pre-start",))
+
+    def test_the_start_check_is_a_coroutine_that_lets_the_loop_run(self):
+        # domain-pre-start is fired with fire_event_async: the handler must
+        # not block qubesd's event loop while the binary runs.
+        self.assertTrue(asyncio.iscoroutinefunction(ext.PciAdminExtension.on_domain_pre_start))
+        self.work.devices["pci"].assigned.append(Assignment("00_14.0"))
+        ticks = []
+
+        async def both():
+            async def ticker():
+                for _ in range(1000):
+                    ticks.append(1)
+                    await asyncio.sleep(0)
+            t = asyncio.ensure_future(ticker())
+            await self.e.on_domain_pre_start(self.work, "domain-pre-start")
+            t.cancel()
+        asyncio.run(both())
+        self.assertGreater(len(ticks), 1, "the loop ran while the check ran")
+
+    def test_a_default_pvh_is_no_refusal_an_explicit_one_is(self):
+        fresh = AppVM(self.app, "fresh", virt_mode="pvh", virt_mode_default=True)
+        self.assign(fresh, "00_1f.6")
+        explicit = AppVM(self.app, "explicit", virt_mode="pvh", virt_mode_default=False)
+        with self.assertRaises(qubes.exc.QubesException) as cm:
+            self.assign(explicit, "00_1f.6")
+        self.assertIn("pvh", str(cm.exception))
+
+    def test_an_option_value_other_than_true_is_refused(self):
+        for value in ("False", "0", "no", ""):
+            with self.assertRaises(qubes.exc.QubesValueError) as cm:
+                self.assign(self.work, "00_14.0", options={"permissive": value})
+            self.assertIn("leave the option out", str(cm.exception))
+        self.assign(self.work, "00_14.0", options={"permissive": "True"})
+
+    def test_set_assignment_to_required_meets_the_assign_rules(self):
+        # a record made before the service was installed: a bridge, auto-attach
+        self.usb.devices["pci"].assigned.append(Assignment("00_1c.0", mode="auto-attach"))
+        with self.assertRaises(qubes.exc.QubesValueError) as cm:
+            self.e.on_set_assignment(self.dom0, "ev", dest=self.usb, arg="",
+                                     device=Device("00_1c.0"), mode=Mode("required"))
+        self.assertIn("bridge", str(cm.exception))
+        self.usb.devices["pci"].assigned.append(Assignment("00_1f.6", mode="auto-attach"))
+        self.e.on_set_assignment(self.dom0, "ev", dest=self.usb, arg="",
+                                 device=Device("00_1f.6"), mode=Mode("required"))
 
     def test_assign_allowed_and_refused_with_qubes_exceptions(self):
         self.assign(self.work, "00_14.0")
@@ -133,16 +187,17 @@ class ExtensionTest(unittest.TestCase):
     def test_start_refused_while_another_running_qube_holds_the_device(self):
         self.work.devices["pci"].assigned.append(Assignment("00_14.0"))
         self.usb.devices["pci"].assigned.append(Assignment("00_14.0"))
-        self.e.on_domain_pre_start(self.work, "domain-pre-start")  # nobody holds it
+        self.start(self.work)  # nobody holds it
         self.usb.running = True  # libvirt unreadable: its required assignments count
         with self.assertRaises(qubes.exc.QubesException) as cm:
-            self.e.on_domain_pre_start(self.work, "domain-pre-start")
+            self.start(self.work)
         self.assertIn("in use by sys-usb", str(cm.exception))
         self.usb.devices["pci"].attached = []  # libvirt says it holds nothing
-        self.e.on_domain_pre_start(self.work, "domain-pre-start")
+        self.start(self.work)
 
     def test_running_qube_no_hotplug_no_detach(self):
         self.work.running = True
+        self.work.devices["pci"].attached = [Assignment("00_14.0")]
         for handler in (self.e.on_attach, self.e.on_detach):
             with self.assertRaises(qubes.exc.QubesVMNotHaltedError):
                 handler(self.dom0, "ev", dest=self.work, arg="", device=Device("00_14.0"))
@@ -158,6 +213,17 @@ class ExtensionTest(unittest.TestCase):
             self.assertIn("refused", str(cm.exception))
             self.assertNotIn("/nonexistent", str(cm.exception), "no dom0 path in the refusal")
             self.assertEqual(self.work.log.lines[0][0], "error")
+        finally:
+            os.environ["QUBES_PCI_ADMIN_BIN"] = saved
+
+    def test_the_start_check_fails_closed_too(self):
+        self.work.devices["pci"].assigned.append(Assignment("00_14.0"))
+        saved = os.environ["QUBES_PCI_ADMIN_BIN"]
+        os.environ["QUBES_PCI_ADMIN_BIN"] = "/nonexistent/qubes-pci-admin"
+        try:
+            with self.assertRaises(qubes.exc.QubesException) as cm:
+                self.start(self.work)
+            self.assertIn("refused", str(cm.exception))
         finally:
             os.environ["QUBES_PCI_ADMIN_BIN"] = saved
 

@@ -21,10 +21,21 @@ rules here:
 This module holds no rule of its own: it collects the facts qubesd has in
 memory and asks ``qubes-pci-admin check KIND`` (``QUBES_PCI_ADMIN_BIN``,
 default ``/usr/bin/qubes-pci-admin``), which answers with one JSON verdict.
-Nothing here calls back into qubesd. When the binary cannot answer, the
-call is refused (fail closed).
+The shapes of both are the ``ExtensionFacts`` and ``Verdict`` types of the
+``qubes-pci-rpc`` crate (docs/extension-schema.json). Nothing here calls
+back into qubesd. When the binary cannot answer, the call is refused (fail
+closed).
+
+``admin-permission:*`` events are fired synchronously, so their handlers
+run the check synchronously. ``domain-pre-start`` is fired asynchronously,
+so its handler is a coroutine that runs the check with asyncio's
+subprocess and never blocks qubesd's event loop. The order of
+``domain-pre-start`` handlers is undefined: upstream's own PCI handler may
+already have bound the qube's devices to pciback when this one refuses the
+start (they stay unused on pciback until a qube takes them).
 """
 
+import asyncio
 import json
 import os
 import subprocess
@@ -90,7 +101,24 @@ def _system(*vms):
             "power_state": vm.get_power_state(),
             "uuid": str(getattr(vm, "uuid", "") or ""),
         }
-    return {"domains": domains}
+    return domains
+
+
+def _dest(dest):
+    """The destination as the rules see it: its class and its virt_mode,
+    with whether that is qubesd's default (pvh until the first PCI
+    assignment, then hvm) or set on the qube."""
+    facts = {
+        "dest": dest.name,
+        "dest_class": dest.__class__.__name__,
+    }
+    virt_mode = getattr(dest, "virt_mode", None)
+    if virt_mode is not None:
+        facts["dest_virt_mode"] = str(virt_mode)
+        facts["dest_virt_mode_default"] = bool(
+            dest.property_is_default("virt_mode")
+        )
+    return facts
 
 
 def _refusal(vm, name, message):
@@ -110,9 +138,34 @@ def _refusal(vm, name, message):
     return qubes.exc.QubesException(message)
 
 
+def _failed(kind, vm, error):
+    vm.log.error("qubes-pci-admin check %s failed: %s", kind, error)
+    return qubes.exc.QubesException(
+        "The PCI passthrough rules could not be checked, so this was "
+        "refused; a dom0 administrator can find the cause in the journal"
+    )
+
+
+def _judge(kind, stdout, vm):
+    """Raises the refusal the verdict says, or refuses when it says
+    nothing clear."""
+    try:
+        verdict = json.loads(stdout.decode() or "{}")
+    except ValueError as e:
+        raise _failed(kind, vm, e)
+    if not isinstance(verdict, dict):
+        raise _failed(kind, vm, "the verdict is not an object")
+    if verdict.get("ok") is True:
+        return
+    name = verdict.get("exception", "QubesException")
+    message = verdict.get("message") or "refused by the PCI passthrough rules"
+    vm.log.warning("qubes-pci-admin refused %s: %s", kind, message)
+    raise _refusal(vm, name, message)
+
+
 def check(kind, facts, vm):
-    """Asks the binary; raises the refusal it answers, or refuses when it
-    cannot answer."""
+    """Asks the binary (for events fired synchronously); raises the refusal
+    it answers, or refuses when it cannot answer."""
     try:
         proc = subprocess.run(
             [_binary(), "check", kind],
@@ -121,19 +174,35 @@ def check(kind, facts, vm):
             timeout=CHECK_TIMEOUT,
             check=False,
         )
-        verdict = json.loads(proc.stdout.decode() or "{}")
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
-        vm.log.error("qubes-pci-admin check %s failed: %s", kind, e)
-        raise qubes.exc.QubesException(
-            "The PCI passthrough rules could not be checked, so this was "
-            "refused; a dom0 administrator can find the cause in the journal"
+    except (OSError, subprocess.SubprocessError) as e:
+        raise _failed(kind, vm, e)
+    _judge(kind, proc.stdout, vm)
+
+
+async def check_async(kind, facts, vm):
+    """The same for events fired asynchronously: the binary runs as an
+    asyncio subprocess, so qubesd's event loop goes on meanwhile."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            _binary(),
+            "check",
+            kind,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
-    if verdict.get("ok") is True:
-        return
-    name = verdict.get("exception", "QubesException")
-    message = verdict.get("message") or "refused by the PCI passthrough rules"
-    vm.log.warning("qubes-pci-admin refused %s: %s", kind, message)
-    raise _refusal(vm, name, message)
+    except OSError as e:
+        raise _failed(kind, vm, e)
+    try:
+        stdout, _ = await asyncio.wait_for(
+            proc.communicate(json.dumps(facts).encode()), CHECK_TIMEOUT
+        )
+    except (asyncio.TimeoutError, OSError) as e:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise _failed(kind, vm, str(e) or "timed out")
+    _judge(kind, stdout, vm)
 
 
 class PciAdminExtension(qubes.ext.Extension):
@@ -143,27 +212,44 @@ class PciAdminExtension(qubes.ext.Extension):
 
     @qubes.ext.handler("admin-permission:" + PCI + "Assign")
     def on_assign(self, vm, event, dest, arg, device, mode, options, **kwargs):
-        facts = {
-            "source": vm.name,
-            "dest": dest.name,
-            "dest_class": dest.__class__.__name__,
-            "dest_virt_mode": getattr(dest, "virt_mode", None),
-            "device": _device(device),
-            "mode": _text(mode),
-            "options": {str(k): str(v) for k, v in options.items()},
-            "assignments": _assignments(dest.app),
-            "system": _system(vm, dest),
-        }
+        facts = _dest(dest)
+        facts.update(
+            {
+                "source": vm.name,
+                "device": _device(device),
+                "mode": _text(mode),
+                "options": {str(k): str(v) for k, v in options.items()},
+                "assignments": _assignments(dest.app),
+                "system": _system(vm, dest),
+            }
+        )
         check("assign", facts, dest)
 
     @qubes.ext.handler("admin-permission:" + PCI + "Set.assignment")
     def on_set_assignment(self, vm, event, dest, arg, device, mode, **kwargs):
-        facts = {
-            "source": vm.name,
-            "dest": dest.name,
-            "device": _device(device),
-            "mode": _text(mode),
-        }
+        # The assignment as stored, with the new mode: turning it into
+        # required meets every rule an Assign meets.
+        stored = [
+            a
+            for a in dest.devices["pci"].get_assigned_devices()
+            if a.port_id == device.port_id
+            and (device.device_id in (None, "*") or a.device_id == device.device_id)
+        ]
+        facts = _dest(dest)
+        facts.update(
+            {
+                "source": vm.name,
+                "device": _device(device),
+                "mode": _text(mode),
+                "options": {
+                    str(k): "True"
+                    for k, v in (stored[0].options if stored else {}).items()
+                    if str(v)
+                },
+                "assignments": _assignments(dest.app),
+                "system": _system(vm, dest),
+            }
+        )
         check("set-mode", facts, dest)
 
     @qubes.ext.handler("admin-permission:" + PCI + "Attach")
@@ -175,7 +261,7 @@ class PciAdminExtension(qubes.ext.Extension):
         check("detach", _running_facts(vm, dest, device), dest)
 
     @qubes.ext.handler("domain-pre-start")
-    def on_domain_pre_start(self, vm, event, **kwargs):
+    async def on_domain_pre_start(self, vm, event, **kwargs):
         if isinstance(vm, qubes.vm.adminvm.AdminVM):
             return
         required = [
@@ -197,15 +283,29 @@ class PciAdminExtension(qubes.ext.Extension):
             "assignments": required,
             "running": running,
         }
-        check("start", facts, vm)
+        await check_async("start", facts, vm)
 
 
 def _running_facts(source, dest, device):
-    """Attach and Detach: whether the qube runs decides."""
+    """Attach and Detach: whether the qube runs, and what it holds."""
+    running = not dest.is_halted()
+    attached = []
+    if running:
+        try:
+            attached = [
+                a.port_id for a in dest.devices["pci"].get_attached_devices()
+            ]
+        except Exception:  # pylint: disable=broad-except
+            # libvirt unreadable: what it was started with
+            attached = [
+                a.port_id
+                for a in dest.devices["pci"].get_assigned_devices(True)
+            ]
     return {
         "source": source.name,
         "dest": dest.name,
-        "dest_running": not dest.is_halted(),
+        "dest_running": running,
+        "dest_attached": attached,
         "device": _device(device),
     }
 
