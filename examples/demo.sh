@@ -20,7 +20,7 @@ export QUBES_PCI_ADMIN_LOG=${QUBES_PCI_ADMIN_LOG:-error}
 # asks `qubes-pci-admin check start`, as the qubesd extension does.
 python3 tests/standin/qubesd-standin.py --qubes-xml "$TMP/qubes.xml" \
     --admin-socket "$TMP/qubesd.sock" --internal-socket "$TMP/qubesd.internal.sock" \
-    --check-bin "$BIN" > "$TMP/standin.out" &
+    --check-bin "$BIN" --sysfs "$QUBES_PCI_ADMIN_SYSFS" > "$TMP/standin.out" &
 STANDIN=$!
 trap 'kill $STANDIN 2>/dev/null; wait $STANDIN 2>/dev/null; rm -rf "$TMP"' EXIT
 for _ in $(seq 100); do grep -q ready "$TMP/standin.out" 2>/dev/null && break; sleep 0.05; done

@@ -18,10 +18,12 @@ pub enum ApiError {
     Decode(#[from] DecodeError),
     #[error("{0}")]
     Protocol(String),
-    /// A qrexec policy refusal. `read`: a read of one qube's devices
-    /// (`Available`, `Assigned`, `Attached`).
+    /// A qrexec policy refusal. `skippable`: a refused read that a stock
+    /// `qvm-pci list` may skip, as it skips qubes the caller cannot see
+    /// (any read of a qube other than dom0; `Assigned`/`Attached` of dom0
+    /// when the caller may read dom0's devices).
     #[error("{message}")]
-    PermissionDenied { message: String, read: bool },
+    PermissionDenied { message: String, skippable: bool },
     #[error("No such domain: {0}")]
     NoSuchQube(String),
     #[error("{0}")]
@@ -109,13 +111,15 @@ impl ApiError {
     /// The text-protocol reply. A policy refusal is not sent as upstream's
     /// `PermissionDenied`, which `qubesadmin` maps to a class outside its
     /// `QubesException` (so `qvm-pci` would crash with a traceback):
-    /// * a refused read of one qube's devices (`Available`, `Assigned`,
-    ///   `Attached`) is `QubesVMNotFoundError`: `qvm-pci list`, which
-    ///   reads every qube, then skips that qube as it skips qubes the
-    ///   caller cannot see, instead of failing for all of them;
+    /// * a refused read `qvm-pci list` may skip is `QubesVMNotFoundError`:
+    ///   `qvm-pci list`, which reads every qube, then skips that qube as it
+    ///   skips qubes the caller cannot see, instead of failing for all of
+    ///   them;
     /// * any other refusal is `QubesDaemonAccessError`, the class
     ///   `qubesadmin` raises when qrexec itself refuses a call, so a script
-    ///   handles both refusals the same way.
+    ///   handles both refusals the same way. A refused `Available` of dom0,
+    ///   where the devices are, is one: `qvm-pci list` then says the caller
+    ///   has no access, instead of listing no device.
     ///
     /// qubesd's own refusals keep their name.
     pub fn to_reply(&self) -> Reply {
@@ -124,7 +128,7 @@ impl ApiError {
             message: self.to_string(),
         };
         match self {
-            ApiError::PermissionDenied { read: true, .. } => named("QubesVMNotFoundError"),
+            ApiError::PermissionDenied { skippable: true, .. } => named("QubesVMNotFoundError"),
             ApiError::PermissionDenied { .. } => named("QubesDaemonAccessError"),
             ApiError::Relayed { name, .. } => named(name),
             _ => Reply::error(self.kind(), self.to_string()),

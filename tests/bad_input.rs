@@ -130,17 +130,48 @@ fn bad_names_and_missing_environment() {
     assert_protocol_error(&out, "QREXEC_REMOTE_DOMAIN");
 }
 
+/// A refused `Available` of dom0, where the devices are, is the access
+/// error stock `qvm-pci list` reports as "you do not have access" (not a
+/// skippable one, which would list no device and exit 0); reads of other
+/// qubes stay skippable.
 #[test]
 fn non_dom0_callers_are_denied_without_a_policy() {
     let env = TestEnv::new(FakeSysfs::standard());
     let out = env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"");
     assert_eq!(out.status.code(), Some(0));
     let (ty, msg) = error_of(&out);
-    assert_eq!(ty, "QubesVMNotFoundError");
+    assert_eq!(ty, "QubesDaemonAccessError");
     assert!(msg.contains(AVAILABLE), "{msg}");
     let call = env.call("work", "dom0", AVAILABLE, b"");
     assert_eq!(call.status.code(), Some(2));
-    assert_eq!(error_of(&call).0, "QubesVMNotFoundError");
+    assert_eq!(error_of(&call).0, "QubesDaemonAccessError");
+    for (method, target) in [
+        (AVAILABLE, "sys-net"),
+        ("admin.vm.device.pci.Attached", "sys-net"),
+        ("admin.vm.device.pci.Assigned", "work"),
+    ] {
+        assert_eq!(
+            error_of(&env.call("work", target, method, b"")).0,
+            "QubesVMNotFoundError",
+            "{method} {target}"
+        );
+    }
+    // Attached of dom0 (which the stock client asks before Available): an
+    // access error for a caller that may not read dom0's devices, skippable
+    // for one that may.
+    let attached = "admin.vm.device.pci.Attached";
+    assert_eq!(
+        error_of(&env.call("work", "dom0", attached, b"")).0,
+        "QubesDaemonAccessError"
+    );
+    env.write_policy(
+        "30-test.policy",
+        &format!("{AVAILABLE} * work @adminvm allow target=dom0\n"),
+    );
+    assert_eq!(
+        error_of(&env.call("work", "dom0", attached, b"")).0,
+        "QubesVMNotFoundError"
+    );
 }
 
 #[test]

@@ -111,7 +111,7 @@ fn sixty_four_concurrent_clients_are_all_answered_correctly() {
     let expected_denied = env
         .call("work", "@adminvm", "admin.vm.device.pci.Available", b"")
         .stdout;
-    assert!(expected_denied.starts_with(b"2\0QubesVMNotFoundError\0"));
+    assert!(expected_denied.starts_with(b"2\0QubesDaemonAccessError\0"));
     let d = Daemon::start(&env, &["--workers", "8"], &[]);
     let socket = Arc::new(d.socket.clone());
     let barrier = Arc::new(std::sync::Barrier::new(64));
@@ -297,12 +297,12 @@ fn policy_edits_take_effect_on_the_next_call() {
     let header = "admin.vm.device.pci.Available gui keyword adminvm";
     assert!(sock_call(&d.socket, header, b"")
         .unwrap()
-        .starts_with(b"2\0QubesVMNotFoundError\0"));
+        .starts_with(b"2\0QubesDaemonAccessError\0"));
     // Let the cache settle on the old files, then edit.
     std::thread::sleep(Duration::from_millis(300));
     assert!(sock_call(&d.socket, header, b"")
         .unwrap()
-        .starts_with(b"2\0QubesVMNotFoundError\0"));
+        .starts_with(b"2\0QubesDaemonAccessError\0"));
     env.write_policy(
         "20-gui.policy",
         "admin.vm.device.pci.Available * gui @adminvm allow target=dom0\n",
@@ -311,12 +311,12 @@ fn policy_edits_take_effect_on_the_next_call() {
     std::fs::remove_file(env.policy_dir().join("20-gui.policy")).unwrap();
     assert!(sock_call(&d.socket, header, b"")
         .unwrap()
-        .starts_with(b"2\0QubesVMNotFoundError\0"));
+        .starts_with(b"2\0QubesDaemonAccessError\0"));
     // A broken policy denies everything, at once.
     std::thread::sleep(Duration::from_millis(300));
     env.write_policy("10-broken.policy", "this is not a rule\n");
     let got = sock_call(&d.socket, "admin.vm.device.pci.Available mgmt keyword adminvm", b"").unwrap();
-    assert!(got.starts_with(b"2\0QubesVMNotFoundError\0"));
+    assert!(got.starts_with(b"2\0QubesDaemonAccessError\0"));
 }
 
 #[test]
@@ -474,7 +474,7 @@ fn a_deny_added_in_an_included_directory_takes_effect_at_once() {
     .unwrap();
     let got = sock_call(&d.socket, header, b"").unwrap();
     assert!(
-        got.starts_with(b"2\0QubesVMNotFoundError\0"),
+        got.starts_with(b"2\0QubesDaemonAccessError\0"),
         "{}",
         String::from_utf8_lossy(&got)
     );

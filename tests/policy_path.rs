@@ -52,7 +52,7 @@ fn qube_without_a_grant_is_denied_and_nothing_leaks() {
     let env = env_with_grants("mgmt @adminvm allow target=dom0\n");
     let out = env.exec(AVAILABLE, "", "work", "@adminvm", b"");
     let (ty, msg) = error_of(&out);
-    assert_eq!(ty, "QubesVMNotFoundError");
+    assert_eq!(ty, "QubesDaemonAccessError");
     assert!(msg.contains(AVAILABLE));
     assert!(!msg.contains("00_14.0"));
     // Unknown destinations are denied by policy before they are looked up.
@@ -73,7 +73,7 @@ fn a_broken_policy_denies_everything() {
     );
     assert_eq!(
         error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
-        "QubesVMNotFoundError"
+        "QubesDaemonAccessError"
     );
     let lint = cli(&env, &["policy", "lint"]);
     assert_eq!(lint.status.code(), Some(1));
@@ -85,7 +85,7 @@ fn a_broken_policy_denies_everything() {
     env.write_policy("50-Bad.policy", "");
     assert_eq!(
         error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
-        "QubesVMNotFoundError"
+        "QubesDaemonAccessError"
     );
     assert!(String::from_utf8(cli(&env, &["policy", "lint"]).stderr)
         .unwrap()
@@ -102,7 +102,7 @@ fn include_loops_and_unreadable_includes_are_errors_not_crashes() {
     assert!(String::from_utf8(lint.stderr).unwrap().contains("include loop"));
     assert_eq!(
         error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
-        "QubesVMNotFoundError"
+        "QubesDaemonAccessError"
     );
     env.write_policy("40-loop.policy", "!include include/missing\n");
     let lint = cli(&env, &["policy", "lint"]);
@@ -123,7 +123,7 @@ fn ask_proceeds_and_redirects_elsewhere_are_refused() {
     assert!(body_of(&env.exec(AVAILABLE, "", "gui", "@adminvm", b"")).contains("00_14.0"));
     assert_eq!(
         error_of(&env.exec(AVAILABLE, "", "mgmt", "@adminvm", b"")).0,
-        "QubesVMNotFoundError"
+        "QubesDaemonAccessError"
     );
     // `allow` without target= resolves to the requested @adminvm, i.e. dom0.
     assert!(body_of(&env.exec(AVAILABLE, "", "sys-net", "@adminvm", b"")).contains("00_14.0"));

@@ -39,7 +39,7 @@ fn a_deny_rule_covers_every_spelling_of_the_device() {
          admin.vm.device.pci.Available * mgmt @anyvm allow target=dom0\n",
     );
     let (kind, _) = error_of(&env.call("mgmt", "@adminvm", "admin.vm.device.pci.Available+0000_00_14.0", b""));
-    assert_eq!(kind, "QubesVMNotFoundError");
+    assert_eq!(kind, "QubesDaemonAccessError");
     // lint: a rule on a non-canonical spelling is dodged by the canonical one.
     env.write_policy(
         "30-test.policy",

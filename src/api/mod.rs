@@ -522,7 +522,10 @@ impl Service {
     fn dispatch(&self, untrusted: UntrustedRequest, protocol: Protocol) -> Result<Output, ApiError> {
         let mut req = untrusted.validate()?;
         let system = self.system_info()?;
-        crate::policy::check(|| self.policy(), &system, &req)?;
+        if !req.source.is_dom0() {
+            let spellings = self.spellings(&req, &system);
+            crate::policy::check(|| self.policy(), &system, &req, &spellings)?;
+        }
         let dest = match &req.target {
             Target::AdminVm => QubeName::dom0(),
             Target::Qube(q) => match system.resolve(q) {
@@ -550,6 +553,53 @@ impl Service {
             Method::Attach => attach::attach(self, &call),
             Method::Detach => attach::detach(self, &call),
         }
+    }
+}
+
+impl Service {
+    /// The spellings of the device a call names, besides its own: the
+    /// canonical one, the port alone, and the port with the id of the
+    /// device present there and of what the destination has stored there.
+    /// A deny rule on any of them holds for the call.
+    fn spellings(&self, req: &Request, system: &SystemInfo) -> Vec<String> {
+        let raw = req.untrusted_arg.as_str();
+        let mut out: Vec<String> = req.method.canonical_arg(raw).into_iter().collect();
+        if req.method == Method::Available {
+            return out;
+        }
+        let Ok(dev) = DeviceRef::from_qarg(raw) else {
+            return out;
+        };
+        let Wild::Is(port) = &dev.port else {
+            return out;
+        };
+        let spell = |device_id: Wild<qubes_pci_rpc::DeviceId>| {
+            DeviceRef {
+                backend: dev.backend.clone(),
+                port: Wild::Is(port.clone()),
+                device_id,
+            }
+            .to_qarg()
+        };
+        out.push(spell(Wild::Any));
+        if let Ok(Some(d)) = Inventory::scan_port(&self.config.sysfs, port) {
+            out.push(spell(Wild::Is(d.device_id())));
+        }
+        let dest = match &req.target {
+            Target::AdminVm => Some("dom0"),
+            Target::Qube(q) => system.resolve(q).map(|(name, _)| name),
+        };
+        if let (Some(dest), Ok(xml)) = (dest, self.qubes_xml()) {
+            out.extend(
+                xml.records()
+                    .into_iter()
+                    .filter(|r| r.frontend.as_str() == dest && &r.port == port)
+                    .map(|r| spell(r.device_id)),
+            );
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 }
 

@@ -24,10 +24,18 @@ pub use crate::sysinfo::SystemInfo as System;
 /// qrexec has already asked the user) with dom0 as the resolved target:
 /// admin rules need `target=dom0`, otherwise qrexec would run the call in
 /// the managed qube, not here.
+///
+/// qrexec matched the argument as spelled, but one device has several
+/// spellings (port only, port + device id, with or without the segment).
+/// A deny rule on any of them holds for every one: `spellings` are the
+/// other spellings of the device the call names (the canonical one, the
+/// port alone, the port with the id of the device present there or
+/// stored), and a rule that denies any of them denies the call.
 pub fn check(
-    policy: impl FnOnce() -> Result<Arc<Policy>, String>,
+    policy: impl Fn() -> Result<Arc<Policy>, String>,
     system: &System,
     req: &Request,
+    spellings: &[String],
 ) -> Result<(), ApiError> {
     if req.source.is_dom0() {
         return Ok(());
@@ -35,51 +43,131 @@ pub fn check(
     let service = req.method.to_string();
     let deny = |arg: &str, why: String| {
         tracing::warn!(method = %req.method, source = %req.source, target = %req.target, arg, "policy denied: {why}");
-        let read = matches!(req.method, Method::Available | Method::Assigned | Method::Attached);
         ApiError::PermissionDenied {
             message: format!(
                 "{} from {} to {} is denied by dom0's qrexec policy; nothing was changed. A dom0 administrator \
                  can allow it in the policy",
                 req.method, req.source, req.target
             ),
-            read,
+            skippable: skippable(&policy, system, req),
         }
     };
-    let policy = policy();
-    let loaded = || policy.clone();
     let raw = req.untrusted_arg.as_str();
-    check_service(loaded, system, &req.source, &req.target, &service, raw, true).map_err(|why| deny(raw, why))?;
-    // qrexec matched the argument as spelled; a rule on the canonical
-    // spelling of the same device must not be dodged by another spelling.
-    match req.method.canonical_arg(raw) {
-        Some(canonical) if canonical != raw => {
-            check_service(loaded, system, &req.source, &req.target, &service, &canonical, true)
-                .map_err(|why| deny(&canonical, format!("{why} (the canonical spelling of {raw})")))
+    check_service(&policy, system, &req.source, &req.target, &service, raw, true).map_err(|why| deny(raw, why))?;
+    for other in spellings.iter().filter(|s| s.as_str() != raw) {
+        if let Some(why) = denied_by_rule(&policy, system, &req.source, &req.target, &service, other) {
+            return Err(deny(other, format!("{why} (another spelling of {raw})")));
         }
-        _ => Ok(()),
+    }
+    Ok(())
+}
+
+/// Whether a refusal of `req` is one a stock `qvm-pci list` may skip: a
+/// read of a qube other than dom0, or a read of dom0 other than
+/// `Available` by a caller that may call `Available` of dom0 (the stock
+/// client asks `Attached` of dom0 first and skips dom0 altogether when
+/// that fails). A refused `Available` of dom0 is not: the caller must
+/// learn it has no access, not that dom0 has no devices.
+fn skippable(policy: impl Fn() -> Result<Arc<Policy>, String>, system: &System, req: &Request) -> bool {
+    if !req.method.is_read_only() {
+        return false;
+    }
+    if !req.target.is_dom0() {
+        return true;
+    }
+    req.method != Method::Available
+        && check_service(
+            &policy,
+            system,
+            &req.source,
+            &req.target,
+            &Method::Available.to_string(),
+            "",
+            true,
+        )
+        .is_ok()
+}
+
+/// Why a rule denies `service+arg` from `source` to `target`, if one does
+/// (a call that matches no rule is not denied by a rule).
+fn denied_by_rule(
+    policy: impl FnOnce() -> Result<Arc<Policy>, String>,
+    system: &System,
+    source: &QubeName,
+    target: &Target,
+    service: &str,
+    arg: &str,
+) -> Option<String> {
+    let policy = match policy() {
+        Ok(p) => p,
+        Err(e) => return Some(format!("the policy does not load: {e}")),
+    };
+    let service_and_arg = format!("{service}+{arg}");
+    let preq = PolicyRequest::new(&service_and_arg, source.as_str(), &target.to_string(), None, system).ok()?;
+    match policy.evaluate(&preq, system) {
+        Err(d) if d.rule.is_some() => Some(format!("{} ({})", d.message, d.rule.unwrap_or_default())),
+        _ => None,
     }
 }
 
 /// `FILE:LINE: warning: …` for every rule of a PCI method whose argument
-/// is not the canonical spelling of a device: calls are checked on their
-/// canonical spelling too, so such a rule is dodged by that spelling.
+/// is not the canonical spelling of a device (calls are checked on their
+/// canonical spelling too, so such a rule is dodged by that spelling), and
+/// for every allow or ask rule that names a device by one spelling only:
+/// a deny holds for every spelling of the device, an allow only for the
+/// spelling it names, so a call spelling the device the other way (port
+/// only, or port and device id) is not allowed by it.
 pub fn argument_warnings(policy: &Policy) -> Vec<String> {
+    let names = |service: &Option<Arc<str>>, arg: &str| {
+        policy
+            .rules
+            .iter()
+            .any(|r| r.service == *service && r.argument.as_deref().is_some_and(|a| a.starts_with(arg)))
+    };
     policy
         .rules
         .iter()
         .filter_map(|r| {
             let method = Method::parse(r.service.as_deref()?).ok()?;
             let arg = r.argument.as_deref()?.strip_prefix('+')?;
-            let fix = match method.canonical_arg(arg) {
-                Some(c) if c == arg => return None,
+            let canonical = method.canonical_arg(arg);
+            let fix = match canonical.as_deref() {
+                Some(c) if c == arg => {
+                    let dev = qubes_pci_rpc::DeviceRef::from_qarg(arg).ok()?;
+                    let port = dev.port.as_option()?;
+                    if matches!(r.action, parser::Action::Deny { .. }) {
+                        return None;
+                    }
+                    let (other, named) = match dev.device_id {
+                        qubes_pci_rpc::Wild::Any => (
+                            "with its device id".to_owned(),
+                            names(&r.service, &format!("+dom0+{port}+0x")),
+                        ),
+                        qubes_pci_rpc::Wild::Is(_) => {
+                            let port_only = format!("+dom0+{port}+_");
+                            let named = names(&r.service, &port_only);
+                            (format!("as {port_only}"), named)
+                        }
+                    };
+                    if named {
+                        return None;
+                    }
+                    format!(
+                        "it names dom0:{port} by one spelling, so a call naming the device {other} is not {} by \
+                         it (a deny holds for every spelling, an {} only for its own): add a rule for that \
+                         spelling too, or use *",
+                        if matches!(r.action, parser::Action::Ask { .. }) {
+                            "asked"
+                        } else {
+                            "allowed"
+                        },
+                        r.action.name()
+                    )
+                }
                 Some(c) => format!("write it as +{c}, the spelling every call is also checked on"),
                 None => "it names no device, so it matches no call the service accepts".to_owned(),
             };
-            Some(format!(
-                "{}: warning: {} +{arg} is not a canonical device argument: {fix}",
-                r.location(),
-                method
-            ))
+            Some(format!("{}: warning: {} +{arg}: {fix}", r.location(), method))
         })
         .collect()
 }

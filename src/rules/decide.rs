@@ -343,7 +343,7 @@ fn option_denied(source: &QubeName, target: &QubeName, name: &str) -> ApiError {
              {OPTION_SERVICE}+{name} from {source} to {target}; nothing was changed. A dom0 administrator can \
              allow it in the policy, or assign without the option"
         ),
-        read: false,
+        skippable: false,
     }
 }
 

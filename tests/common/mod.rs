@@ -20,8 +20,10 @@ pub use fakesys::{FakeDev, FakeSysfs};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_qubes-pci-admin");
 
-/// The qubes of every test, in qubesd's qubes.xml shape: sys-net, mgmt
-/// and gui start running; personal runs in pvh mode.
+/// The qubes of every test, in qubesd's qubes.xml shape, as a stock dom0
+/// holds them: sys-net, mgmt and gui start running; personal is set to pvh;
+/// media has qubesd's default virt_mode (pvh until its first PCI
+/// assignment); default-mgmt-dvm has the `internal` feature ("1").
 pub const QUBES_XML: &str = r#"<?xml version='1.0' encoding='utf-8'?>
 <qubes>
  <domains>
@@ -32,6 +34,8 @@ pub const QUBES_XML: &str = r#"<?xml version='1.0' encoding='utf-8'?>
   <domain id="domain-4" class="AppVM"><properties><property name="name">gui</property><property name="uuid">4e8b6d7b-ac6f-4a5b-8d84-5f3a9c4b1d04</property></properties><tags/></domain>
   <domain id="domain-5" class="AppVM"><properties><property name="name">work</property><property name="uuid">5f9c7e8c-bd7a-4b6c-9e95-6a4bad5c2e05</property><property name="virt_mode">hvm</property></properties><tags><tag name="created-by-mgmt"/><tag name="guivm-gui"/></tags></domain>
   <domain id="domain-6" class="AppVM"><properties><property name="name">personal</property><property name="uuid">6aad8f9d-ce8b-4c7d-8fa6-7b5cbe6d3f06</property><property name="virt_mode">pvh</property></properties><tags/></domain>
+  <domain id="domain-7" class="AppVM"><properties><property name="name">media</property><property name="uuid">7b0e9fae-df9c-4d8e-9ab7-8c6dcf7e4a07</property></properties><tags><tag name="created-by-mgmt"/></tags></domain>
+  <domain id="domain-8" class="AppVM"><properties><property name="name">default-mgmt-dvm</property><property name="uuid">9d2a1b3c-4e5f-4a6b-8c7d-9e0f1a2b3c09</property><property name="template_for_dispvms">True</property></properties><features><feature name="internal">1</feature></features><tags/></domain>
  </domains>
 </qubes>
 "#;
@@ -94,6 +98,8 @@ impl TestEnv {
             .arg(d.join("qubesd.log"))
             .arg("--check-bin")
             .arg(BIN)
+            .arg("--sysfs")
+            .arg(self.sysfs.root())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

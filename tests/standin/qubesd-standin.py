@@ -19,6 +19,12 @@ replaces atomically after every change, as qubesd does:
   test hook:       standin.FailNext+METHOD[=silent] makes the next call of
                    METHOD fail (QubesException, or no reply at all)
 
+It holds what qubesd holds: features as strings (`internal` is "1" on
+default-mgmt-dvm), virt_mode with its default flag (pvh until the first PCI
+assignment, hvm after), and port ids written by R4.2 (BDFs such as
+`03_00.0`) converted to PCI paths when it loads the file (with --sysfs, as
+qubesd's `sbdf_to_path`); the file keeps the old form until it is saved.
+
 It models upstream qubesd *without* any extension: it stores what it is
 given (no PCI rules), except that admin.vm.Start asks `--check-bin BIN check
 start` with the facts, as the project's qubesd extension does at
@@ -33,6 +39,7 @@ can see exactly what reached "qubesd". Python standard library only.
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -101,11 +108,65 @@ def parse_qarg(arg):
     return backend, port, devid
 
 
+def root_buses(sysfs):
+    return {d[3:] for d in os.listdir(os.path.join(sysfs, "devices")) if d.startswith("pci")}
+
+
+def is_pci_path(sysfs, port):
+    """qubesd's is_pci_path: a path whose first hop is on a root bus."""
+    if len(port) > 2 and port[2] == "_":
+        port = "0000_" + port
+    roots = "|".join(r.replace(":", "_") for r in root_buses(sysfs))
+    return bool(re.match(r"\A(" + roots + r")_[0-9a-f]{2}\.[0-9a-f](-[0-9a-f]{2}_[0-9a-f]{2}\.[0-9a-f])*\Z", port))
+
+
+BDF = re.compile(r"\A(?:pci_)?((?P<seg>[0-9a-f]{4})[_:])?(?P<bus>[0-9a-f]{2})[_:]"
+                 r"(?P<dev>[0-9a-f]{2})[._](?P<fn>[0-9a-f])\Z")
+
+
+def sbdf_to_path(sysfs, port):
+    """qubesd's sbdf_to_path: the PCI path of a BDF, None when no device is there."""
+    m = BDF.match(port)
+    if not m:
+        return None
+    seg = m["seg"] or "0000"
+    prefix = f"{seg}_" if seg != "0000" else ""
+    if f"{seg}:{m['bus']}" in root_buses(sysfs):
+        return f"{prefix}{m['bus']}_{m['dev']}.{m['fn']}"
+    devices = os.path.join(sysfs, "bus/pci/devices")
+    try:
+        link = os.readlink(os.path.join(devices, f"{seg}:{m['bus']}:{m['dev']}.{m['fn']}"))
+    except OSError:
+        return None
+    chain = link.partition(f"/pci{seg}:")[2][3:].split("/")
+    hops, offset = [], 0
+    for part in chain:
+        b = BDF.match(part)
+        if not b:
+            return None
+        hops.append(f"{int(b['bus'], 16) - offset:02x}_{b['dev']}.{b['fn']}")
+        try:
+            with open(os.path.join(devices, part, "secondary_bus_number")) as f:
+                offset = int(f.read())
+        except OSError:
+            offset = -1
+    return prefix + "-".join(hops)
+
+
 class State:
-    def __init__(self, path, check_bin):
+    def __init__(self, path, check_bin, sysfs=None):
         self.path = path
         self.check_bin = check_bin
         self.tree = ET.parse(path)
+        if sysfs:
+            # as qubesd loads qubes.xml: R4.2 BDF port ids become PCI paths
+            for devs in self.tree.getroot().iter("devices"):
+                if devs.get("class") != "pci":
+                    continue
+                for node in devs.findall("device"):
+                    port = node.get("id", "*")
+                    if port != "*" and not is_pci_path(sysfs, port):
+                        node.set("id", sbdf_to_path(sysfs, port) or port)
         self.running = {"dom0": []}  # qube -> attached assignments (dicts)
         self.fail_next = {}  # method -> "error" | "silent" (test hook)
 
@@ -139,13 +200,21 @@ class State:
             if devs.get("class") != "pci":
                 continue
             for node in devs.findall("device"):
+                options = {o.get("name"): o.text or "" for o in node.findall("option")}
+                # as qubesd loads them: R4.2's identity option and required= attribute
+                identity = options.pop("identity", None) or node.get("identity", "*")
+                legacy = node.get("required")
+                if legacy is not None:
+                    mode = "required" if legacy.lower() in ("true", "1", "yes", "on") else "auto-attach"
+                else:
+                    mode = node.get("mode", "required")
                 out.append({
                     "node": node, "parent": devs,
                     "backend": node.get("backend-domain", "dom0"),
                     "port": node.get("id", "*"),
-                    "device_id": node.get("identity", "*"),
-                    "mode": node.get("mode", "required"),
-                    "options": {o.get("name"): o.text or "" for o in node.findall("option")},
+                    "device_id": identity,
+                    "mode": mode,
+                    "options": options,
                 })
         return out
 
@@ -172,18 +241,28 @@ class State:
             items = [a for a in items if (a["backend"], a["port"]) == (backend, port)]
         return "".join(sorted(self.line(qube, a) for a in items))
 
+    @staticmethod
+    def feature(dom, name):
+        """Features are strings in qubesd (True is stored as "1")."""
+        for f in dom.findall("features/feature"):
+            if f.get("name") == name:
+                return f.text or ""
+        return None
+
     def system_info(self):
         doms = {}
         for d in self.domains():
             name = self.prop(d, "name")
             tags = [t.get("name") for t in d.findall("tags/tag")]
             doms[name] = {
+                "internal": self.feature(d, "internal"),
                 "type": d.get("class"), "tags": tags,
+                "template_for_dispvms": self.prop(d, "template_for_dispvms") == "True",
+                "default_dispvm": None,
+                "icon": "appvm-red", "label": "red", "guivm": self.prop(d, "guivm"),
+                "relayvm": None, "transport_rpc": None,
                 "power_state": "Running" if name in self.running else "Halted",
                 "uuid": self.prop(d, "uuid") or "00000000-0000-0000-0000-000000000000",
-                "default_dispvm": None, "template_for_dispvms": False,
-                "icon": "appvm-red", "guivm": self.prop(d, "guivm"),
-                "relayvm": None, "transport_rpc": None,
             }
         return json.dumps({"domains": doms})
 
@@ -368,8 +447,9 @@ def main():
     ap.add_argument("--internal-socket", required=True)
     ap.add_argument("--log")
     ap.add_argument("--check-bin")
+    ap.add_argument("--sysfs", help="convert R4.2 BDF port ids with this sysfs, as qubesd does")
     args = ap.parse_args()
-    state = State(args.qubes_xml, args.check_bin)
+    state = State(args.qubes_xml, args.check_bin, args.sysfs)
     servers = []
     for path, internal in ((args.admin_socket, False), (args.internal_socket, True)):
         if os.path.exists(path):
