@@ -24,3 +24,6 @@ pub fn is_network(d: &PciDevice) -> bool {
 pub fn is_usb(d: &PciDevice) -> bool {
     d.class.is_some_and(|c| c >> 8 == 0x0c03)
 }
+
+#[cfg(test)]
+mod tests;
