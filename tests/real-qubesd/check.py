@@ -25,6 +25,22 @@ Checks, each an assertion:
   5. a start is refused while another running qube holds the device, and
      passes our check once it stopped;
   6. a direct Attach into a running qube is refused by the extension.
+Then the facts a stock R4.3 dom0 holds (issue "One set of facts"):
+  7. a feature set through qubesd is stored as a string (`internal` on
+     default-mgmt-dvm is "1" in internal.GetSystemInfo) and every call
+     still works;
+  8. a qube whose virt_mode is qubesd's default (pvh until its first PCI
+     assignment) gets its first device through the front door;
+  9. an auto-attach record of a bridge made before the service (as stock
+     qvm-pci assign without --required makes) cannot be turned into
+     required, through the front door or straight to qubesd;
+ 10. a deny rule on the port-only spelling holds for the port + device id
+     spelling;
+ 11. an option value other than True straight to qubesd is refused;
+ 12. a qube without grants running the stock qvm-pci list is told it has
+     no access (not an empty list);
+ 13. a record written by R4.2 (BDF port, required=, identity option) reads
+     through the front door exactly as qubesd lists it.
 Prints one line per check; exits 1 on the first failure.
 """
 import json
@@ -67,11 +83,11 @@ QUBE = """    <domain id="domain-{qid}" class="StandaloneVM">
         <property name="name">{name}</property>
         <property name="uuid">{uuid}</property>
         <property name="label">red</property>
-        <property name="virt_mode">{virt_mode}</property>
+        {virt_mode}
         <property name="kernel"></property>
       </properties>
       <features/>
-      <tags>{tags}</tags>
+      <tags>{tags}</tags>{devices}
       <volume-config>
         <volume name="root" pool="varlibqubes" vid="appvms/{name}/root" size="1073741824" save_on_stop="True" snap_on_start="False"/>
         <volume name="private" pool="varlibqubes" vid="appvms/{name}/private" size="1073741824" save_on_stop="True" snap_on_start="False"/>
@@ -87,9 +103,12 @@ admin.vm.device.pci.Assign * mgmt @tag:created-by-mgmt allow target=dom0
 admin.vm.device.pci.Unassign * mgmt @tag:created-by-mgmt allow target=dom0
 admin.vm.device.pci.Assigned * mgmt @tag:created-by-mgmt allow target=dom0
 admin.vm.device.pci.Attached * mgmt @tag:created-by-mgmt allow target=dom0
+admin.vm.device.pci.Set.assignment * mgmt @tag:created-by-mgmt allow target=dom0
 admin.vm.List * mgmt @adminvm allow target=dom0
 admin.vm.List * mgmt @tag:created-by-mgmt allow target=dom0
 admin.vm.List * mgmt sys-usb allow target=dom0
+admin.vm.List * nogrant @adminvm allow target=dom0
+admin.vm.List * nogrant @anyvm allow target=dom0
 """
 
 USB = "dom0+00_14.0+0x8086+0x8cb1++p0c0330"
@@ -185,13 +204,14 @@ def write_client_shim():
         f.write(f"""#!{sys.executable}
 import os, socket, sys
 dest, service = sys.argv[1], sys.argv[2]
+source = os.environ.get("SHIM_SOURCE", "mgmt")
 method, _, arg = service.partition("+")
 payload = sys.stdin.buffer.read()
 if method.startswith("admin.vm.device.pci."):
     link = os.path.join({bindir!r}, method)
     if not os.path.exists(link):
         os.symlink({BIN!r}, link)
-    env = dict(os.environ, QREXEC_REMOTE_DOMAIN="mgmt", QREXEC_SERVICE_ARGUMENT=arg,
+    env = dict(os.environ, QREXEC_REMOTE_DOMAIN=source, QREXEC_SERVICE_ARGUMENT=arg,
                QREXEC_SERVICE_FULL_NAME=service)
     if dest.startswith("@"):
         env.update(QREXEC_REQUESTED_TARGET_TYPE="keyword", QREXEC_REQUESTED_TARGET_KEYWORD=dest[1:])
@@ -204,7 +224,7 @@ if method.startswith("admin.vm.device.pci."):
 s = socket.socket(socket.AF_UNIX)
 s.connect({os.path.join(RUN, "qubesd.sock")!r})
 kind, name = ("keyword", dest[1:]) if dest.startswith("@") else ("name", dest)
-s.sendall(f"{{service}} mgmt {{kind}} {{name}}\\0".encode() + payload)
+s.sendall(f"{{service}} {{source}} {{kind}} {{name}}\\0".encode() + payload)
 s.shutdown(socket.SHUT_WR)
 while True:
     chunk = s.recv(65536)
@@ -216,7 +236,7 @@ while True:
     return shim
 
 
-def qvm_pci(shim, *args):
+def qvm_pci(shim, *args, source="mgmt"):
     code = f"""
 import sys
 sys.argv = ["qvm-pci"] + {list(args)!r}
@@ -237,7 +257,8 @@ sys.exit(t.main({list(args)!r}))
     os.makedirs(meta, exist_ok=True)
     with open(os.path.join(meta, "METADATA"), "w") as f:
         f.write("Metadata-Version: 2.1\nName: qubesadmin\nVersion: 4.3\n")
-    env = dict(front_env(), PYTHONPATH=os.pathsep.join([CLIENT, os.path.join(RUN, "clientsite")]))
+    env = dict(front_env(), PYTHONPATH=os.pathsep.join([CLIENT, os.path.join(RUN, "clientsite")]),
+               SHIM_SOURCE=source)
     env.pop("QUBES_PCI_ADMIN_LOG", None)
     p = subprocess.run([os.environ["REAL_QUBESD_PYTHON"], "-c", code], capture_output=True,
                        env=env, timeout=120)
@@ -245,12 +266,23 @@ sys.exit(t.main({list(args)!r}))
 
 
 def main():
-    qubes = [("sys-usb", 1, "hvm", ""), ("work", 2, "hvm", '<tag name="created-by-mgmt"/>'),
-             ("mgmt", 3, "pvh", ""), ("media", 4, "hvm", '<tag name="created-by-mgmt"/>')]
+    mine = '<tag name="created-by-mgmt"/>'
+    # legacy: what R4.2 wrote (a BDF port, required=, the identity option)
+    # and what stock qvm-pci assign without --required makes (auto-attach)
+    legacy = """
+      <devices class="pci">
+        <device backend-domain="dom0" id="02_00.0" required="True"><option name="identity">0x8086:0x08b1::p028000</option></device>
+        <device backend-domain="dom0" id="00_1c.0" mode="auto-attach" identity="0x8086:0x8c10::p060400"/>
+      </devices>"""
+    qubes = [("sys-usb", 1, "hvm", "", ""), ("work", 2, "hvm", mine, ""),
+             ("mgmt", 3, "pvh", "", ""), ("media", 4, "hvm", mine, ""),
+             ("default-mgmt-dvm", 5, "pvh", "", ""), ("fresh", 6, None, mine, ""),
+             ("legacy", 7, "hvm", mine, legacy), ("nogrant", 8, "pvh", "", "")]
     with open(os.path.join(RUN, "qubes.xml"), "w") as f:
         f.write(QUBES_XML.format(run=RUN, qubes="\n".join(
-            QUBE.format(qid=qid, name=n, virt_mode=vm, tags=t,
-                        uuid=f"00000000-0000-0000-0000-{qid:012d}") for n, qid, vm, t in qubes)))
+            QUBE.format(qid=qid, name=n, tags=t, devices=d,
+                        virt_mode=f'<property name="virt_mode">{vm}</property>' if vm else "",
+                        uuid=f"00000000-0000-0000-0000-{qid:012d}") for n, qid, vm, t, d in qubes)))
     os.makedirs(os.path.join(RUN, "policy.d"), exist_ok=True)
     with open(os.path.join(RUN, "policy.d", "30-test.policy"), "w") as f:
         f.write(POLICY)
@@ -345,7 +377,73 @@ def run_checks(ready):
     out = qubesd("admin.vm.device.pci.Detach", USB, "work")
     expect(out.startswith(b"2\0QubesVMNotHaltedError\0"), "6. direct Detach from a running qube is refused", out)
     ok("6. direct Attach/Detach on a running qube are refused by the extension")
+    stock_dom0_facts()
     print("real qubesd: all checks passed")
+
+
+def stock_dom0_facts():
+    out = qubesd("admin.vm.feature.Set", "internal", "default-mgmt-dvm", b"1")
+    expect(out == b"0\0", "7. qubesd sets the internal feature", out)
+    info = json.loads(qubesd("internal.GetSystemInfo", "", "dom0", sock="qubesd.internal.sock")[2:])
+    expect(info["domains"]["default-mgmt-dvm"]["internal"] == "1", "7. ... as a string",
+           info["domains"]["default-mgmt-dvm"])
+    out = front("mgmt", "@adminvm", "admin.vm.device.pci.Available")
+    expect(out.startswith(b"0\0") and b"00_14.0" in out, "7. the front door still answers", out[:300])
+    ok("7. a feature stored as a string (internal=\"1\") does not stop the service")
+
+    out = qubesd("admin.vm.property.Get", "virt_mode", "fresh")
+    expect(out == b"0\0default=True type=str pvh", "8. fresh has qubesd's default virt_mode", out)
+    out = front("mgmt", "fresh", "admin.vm.device.pci.Assign+dom0+0001_00_02.0+_", b"mode='required'")
+    expect(out == b"0\0", "8. its first PCI device through the front door", out)
+    out = qubesd("admin.vm.property.Get", "virt_mode", "fresh")
+    expect(out == b"0\0default=True type=str hvm", "8. ... after which qubesd's default is hvm", out)
+    ok("8. a qube with qubesd's default virt_mode (pvh) gets its first PCI device")
+
+    before = open(os.path.join(RUN, "qubes.xml"), "rb").read()
+    out = front("mgmt", "legacy", "admin.vm.device.pci.Set.assignment+dom0+00_1c.0+_", b"required")
+    expect(out.startswith(b"2\0QubesValueError\0") and b"bridge" in out, "9. front door refuses", out)
+    out = qubesd("admin.vm.device.pci.Set.assignment", "dom0+00_1c.0+0x8086+0x8c10++p060400", "legacy",
+                 b"required")
+    expect(out.startswith(b"2\0QubesValueError\0") and b"bridge" in out, "9. the extension refuses", out)
+    expect(open(os.path.join(RUN, "qubes.xml"), "rb").read() == before, "9. qubes.xml unchanged")
+    ok("9. an auto-attach bridge record cannot be turned into required, front door or straight to qubesd")
+
+    deny = os.path.join(RUN, "policy.d", "20-deny.policy")
+    with open(deny, "w") as f:
+        f.write("admin.vm.device.pci.Unassign +dom0+0001_00_02.0+_ mgmt @anyvm deny\n")
+    out = front("mgmt", "fresh", "admin.vm.device.pci.Unassign+dom0+0001_00_02.0+0x144d+0xa808++p010802")
+    expect(out.startswith(b"2\0QubesDaemonAccessError\0"), "10. a deny on one spelling holds for another", out)
+    expect([e.get("id") for e in pci_entries("fresh")] == ["0001_00_02.0"], "10. still assigned",
+           pci_entries("fresh"))
+    os.unlink(deny)
+    ok("10. a deny rule on the port-only spelling holds for the port + device id spelling")
+
+    before = open(os.path.join(RUN, "qubes.xml"), "rb").read()
+    for value in (b"False", b"0", b"no"):
+        out = qubesd("admin.vm.device.pci.Assign", "dom0+00_1f.3", "work",
+                     b"mode='required' _permissive='" + value + b"'")
+        expect(out.startswith(b"2\0QubesValueError\0") and b"leave the option out" in out,
+               f"11. permissive={value!r} straight to qubesd is refused", out)
+    expect(open(os.path.join(RUN, "qubes.xml"), "rb").read() == before, "11. qubes.xml unchanged")
+    ok("11. option values other than True straight to qubesd are refused by the extension")
+
+    if CLIENT:
+        shim = os.path.join(RUN, "qrexec-client-vm")
+        code, out, err = qvm_pci(shim, "list", source="nogrant")
+        expect(code == 1 and "do not have access" in err + out and "Traceback" not in err,
+               "12. qvm-pci list without grants says so", (code, out, err))
+        print(f"     qvm-pci list by a qube without grants: exit {code}: {err.strip()}")
+        code, out, err = qvm_pci(shim, "list")
+        expect(code == 0 and "dom0:00_14.0" in out, "12. ... and still lists for mgmt", (code, out, err))
+        ok("12. stock qvm-pci list by a qube without grants is told it has no access")
+    else:
+        print("skip 12. stock client (no QubesOS/qubes-core-admin-client tree given)")
+
+    ours = front("dom0", "legacy", "admin.vm.device.pci.Assigned")
+    theirs = qubesd("admin.vm.device.pci.Assigned", "", "legacy")
+    expect(b"port_id='00_1c.0-00_00.0'" in theirs, "13. qubesd converts the BDF port", theirs)
+    expect(ours == theirs, "13. the front door lists what qubesd lists", (ours, theirs))
+    ok("13. an R4.2 record (BDF port, required=, identity option) reads as qubesd holds it")
 
 
 if __name__ == "__main__":
