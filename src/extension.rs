@@ -116,7 +116,7 @@ fn device(untrusted: &ExtensionFacts) -> Result<(PciPath, Wild<DeviceId>), ApiEr
         .device
         .as_ref()
         .ok_or_else(|| ApiError::Protocol("the facts name no device".into()))?;
-    if d.backend != "dom0" {
+    if !QubeName::parse(&d.backend).is_ok_and(|b| b.is_dom0()) {
         return Err(ApiError::DeviceNotFound(format!(
             "PCI devices belong to dom0, not {}",
             qubes_pci_rpc::device::sanitize_value(&d.backend)

@@ -263,8 +263,8 @@ fn exec_reply(argv0: &str) -> Vec<u8> {
     // be framed, or is not valid, is answered here with its typed error).
     if let Ok(untrusted) = &request {
         if untrusted.clone().validate().is_ok() {
-            let timeout = std::time::Duration::from_millis(svc.config.qubesd_timeout_ms.saturating_add(10_000));
-            match qubes_pci_admin::handoff::to_daemon(&svc.config.daemon_socket, untrusted, timeout) {
+            let timeout = std::time::Duration::from_millis(svc.sources.config.qubesd_timeout_ms.saturating_add(10_000));
+            match qubes_pci_admin::handoff::to_daemon(&svc.sources.config.daemon_socket, untrusted, timeout) {
                 Handoff::Answered(reply) => return reply,
                 Handoff::NoDaemon => {}
                 Handoff::Broken(e) => {

@@ -83,7 +83,10 @@ impl Qubesd {
     /// `internal.GetSystemInfo`, on the internal socket.
     pub fn system_info(&self) -> Result<SystemInfo, QubesdError> {
         let method = "internal.GetSystemInfo";
-        let body = expect_ok(method, call(&self.internal, self.timeout, method, "", "dom0", b"")?)?;
+        let body = expect_ok(
+            method,
+            call(&self.internal, self.timeout, method, "", QubeName::dom0().as_str(), b"")?,
+        )?;
         SystemInfo::parse(&body, "qubesd").map_err(|e| QubesdError::Unexpected {
             method: method.to_owned(),
             detail: e.to_string(),
@@ -170,7 +173,7 @@ pub fn call(
     let request = UntrustedRequest {
         untrusted_method: method.to_owned(),
         untrusted_arg: arg.to_owned(),
-        untrusted_source: "dom0".to_owned(),
+        untrusted_source: QubeName::dom0().to_string(),
         untrusted_target: UntrustedTarget::Name(dest.to_owned()),
         untrusted_payload: payload.to_vec(),
     }

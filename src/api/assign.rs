@@ -29,7 +29,7 @@ pub(super) fn assign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     )
     .map_err(|e| ApiError::Value(e.to_string()))?;
     let facts = gather(
-        svc,
+        &svc.sources,
         call,
         Needs {
             ports: &[&new.port],
@@ -126,9 +126,9 @@ pub fn find_for_arg<'a>(assigned: &'a [Record], qube: &QubeName, dev: &DeviceRef
 pub(super) fn unassign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let dev = call.device_arg()?;
     let qube = &call.dest;
-    let assigned = svc.qubes_xml()?.records();
+    let assigned = svc.sources.qubes_xml()?.records();
     let arg = find_for_arg(&assigned, qube, &dev).map_or_else(|| dev.to_qarg(), |r| r.device_ref().to_qarg());
-    decide(&Kind::Unassign, &gather(svc, call, Needs::default())?)?;
+    decide(&Kind::Unassign, &gather(&svc.sources, call, Needs::default())?)?;
     svc.forward(Method::Unassign, &arg, qube, b"")?;
     tracing::info!(device = %dev, qube = %qube, "unassigned");
     Ok(Output::Empty)
@@ -146,7 +146,7 @@ pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     };
     let dev = call.device_arg()?;
     let qube = &call.dest;
-    let assigned = svc.qubes_xml()?.records();
+    let assigned = svc.sources.qubes_xml()?.records();
     let stored = find_for_arg(&assigned, qube, &dev).cloned();
     let arg = stored
         .as_ref()
@@ -156,7 +156,7 @@ pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Output, ApiError> {
         None => Record::requested(qube.clone(), &dev, mode, &[]).map_err(|e| ApiError::Value(e.to_string()))?,
     };
     let facts = gather(
-        svc,
+        &svc.sources,
         call,
         Needs {
             ports: &[&new.port],

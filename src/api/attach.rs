@@ -31,7 +31,7 @@ pub(super) fn attach(svc: &Service, call: &Call) -> Result<Output, ApiError> {
         return Err(ApiError::Qubes("Can't attach PCI device to dom0".into()));
     }
     let facts = gather(
-        svc,
+        &svc.sources,
         call,
         Needs {
             attached: true,
@@ -53,7 +53,7 @@ pub(super) fn attach(svc: &Service, call: &Call) -> Result<Output, ApiError> {
 pub(super) fn detach(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let port = port(call)?;
     let facts = gather(
-        svc,
+        &svc.sources,
         call,
         Needs {
             attached: true,

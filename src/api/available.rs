@@ -16,10 +16,10 @@ pub(super) fn handle(svc: &Service, call: &Call) -> Result<Output, ApiError> {
         return Ok(Output::Devices(Vec::new()));
     }
     let Some(port) = filter else {
-        return Ok(Output::Rendered(svc.available_rendered()?));
+        return Ok(Output::Rendered(svc.sources.available_rendered()?));
     };
-    let inventory = svc.inventory()?;
-    let names = svc.pci_names();
+    let inventory = svc.sources.inventory()?;
+    let names = svc.sources.pci_names();
     Ok(Output::Devices(device_infos(&inventory, &names, Some(port))))
 }
 

@@ -114,7 +114,7 @@ impl Report {
 /// that nothing is assigned to yet, each through the front door as dom0,
 /// so the same rules apply and qubesd records it.
 pub fn assign_defaults(svc: &Service, net: &Recipient, usb: &Recipient, dry_run: bool) -> Result<Report, ApiError> {
-    let system = svc.system_info()?;
+    let system = svc.sources.system_info()?;
     let mut report = Report::default();
     let mut to = |class: Class, who: &Recipient| -> Result<Result<QubeName, Skip>, ApiError> {
         let flag = class.flag();
@@ -143,8 +143,8 @@ pub fn assign_defaults(svc: &Service, net: &Recipient, usb: &Recipient, dry_run:
     };
     let net = to(Class::Network, net)?;
     let usb = to(Class::Usb, usb)?;
-    let inventory = crate::pci::Inventory::scan(&svc.config.sysfs)?;
-    let assigned = svc.qubes_xml()?.records();
+    let inventory = crate::pci::Inventory::scan(&svc.sources.config.sysfs)?;
+    let assigned = svc.sources.qubes_xml()?.records();
     for d in &inventory.devices {
         let Some(class) = Class::of(d) else { continue };
         let device = Record {
@@ -207,7 +207,7 @@ fn request(record: &Record) -> Result<UntrustedRequest, ApiError> {
     Ok(UntrustedRequest {
         untrusted_method: Method::Assign.to_string(),
         untrusted_arg: record.device_ref().to_qarg(),
-        untrusted_source: "dom0".to_owned(),
+        untrusted_source: QubeName::dom0().to_string(),
         untrusted_target: UntrustedTarget::Name(record.frontend.to_string()),
         untrusted_payload: record.to_assignment().serialize()?.into_bytes(),
     })
@@ -216,7 +216,7 @@ fn request(record: &Record) -> Result<UntrustedRequest, ApiError> {
 /// The decision that Assign would meet, on the front door's facts.
 fn check_only(svc: &Service, record: &Record) -> Result<(), ApiError> {
     let req = request(record)?.validate()?;
-    let system = svc.system_info()?;
+    let system = svc.sources.system_info()?;
     let call = Call {
         arg: Arg::Device(record.device_ref()),
         req,
@@ -224,7 +224,7 @@ fn check_only(svc: &Service, record: &Record) -> Result<(), ApiError> {
         dest: record.frontend.clone(),
     };
     let facts = gather(
-        svc,
+        &svc.sources,
         &call,
         Needs {
             ports: &[&record.port],

@@ -4,7 +4,7 @@
 
 use qubes_pci_rpc::{PciOptions, PciPath};
 
-use super::{Call, Service};
+use super::{Call, Sources};
 use crate::error::ApiError;
 use crate::rules::{Dest, Facts, Setting, VirtMode};
 
@@ -24,13 +24,13 @@ pub(super) struct Needs<'a> {
 }
 
 /// The destination of `call` and what `needs` asks for, read now.
-pub(super) fn gather(svc: &Service, call: &Call, needs: Needs) -> Result<Facts, ApiError> {
+pub(super) fn gather(sources: &Sources, call: &Call, needs: Needs) -> Result<Facts, ApiError> {
     let name = call.dest.clone();
     let info = call.dest_info();
     let admin_vm = name.is_dom0() || info.is_some_and(|i| i.klass.as_deref() == Some("AdminVM"));
     let running = info.is_some_and(|i| i.is_running());
     let virt_mode = if needs.virt_mode && !admin_vm {
-        let (value, default) = svc.qubesd().virt_mode(&name)?;
+        let (value, default) = sources.qubesd().virt_mode(&name)?;
         let value = VirtMode::parse(&value).ok_or_else(|| {
             ApiError::dom0(
                 "qubesd, which keeps dom0's record of PCI assignments, did not answer as expected; nothing was \
@@ -47,7 +47,8 @@ pub(super) fn gather(svc: &Service, call: &Call, needs: Needs) -> Result<Facts, 
         None
     };
     let attached = if needs.attached && running && !admin_vm {
-        svc.qubesd()
+        sources
+            .qubesd()
             .attached(&name)?
             .into_iter()
             .filter_map(|a| a.device.port.as_option().cloned())
@@ -56,13 +57,13 @@ pub(super) fn gather(svc: &Service, call: &Call, needs: Needs) -> Result<Facts, 
         Vec::new()
     };
     let assignments = if needs.assignments {
-        svc.qubes_xml()?.records()
+        sources.qubes_xml()?.records()
     } else {
         Vec::new()
     };
-    let present = crate::gather::present(&svc.config.sysfs, &svc.config.procfs, needs.ports)?;
+    let present = crate::gather::present(&sources.config.sysfs, &sources.config.procfs, needs.ports)?;
     let grants = crate::gather::grants(
-        || svc.policy(),
+        || sources.policy(),
         &call.system,
         &call.req.source,
         &call.req.target,

@@ -26,7 +26,7 @@ fn filtered(call: &Call, all: Vec<Assignment>) -> Output {
 }
 
 pub(super) fn assigned(svc: &Service, call: &Call) -> Result<Output, ApiError> {
-    Ok(filtered(call, svc.qubes_xml()?.assigned_to(call.dest.as_str())))
+    Ok(filtered(call, svc.sources.qubes_xml()?.assigned_to(call.dest.as_str())))
 }
 
 pub(super) fn attached(svc: &Service, call: &Call) -> Result<Output, ApiError> {
@@ -34,5 +34,5 @@ pub(super) fn attached(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     if !running || call.dest.is_dom0() {
         return Ok(Output::Assignments(Vec::new()));
     }
-    Ok(filtered(call, svc.qubesd().attached(&call.dest)?))
+    Ok(filtered(call, svc.sources.qubesd().attached(&call.dest)?))
 }

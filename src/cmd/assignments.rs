@@ -20,7 +20,10 @@ pub fn check(svc: &Service, kind: extension::Kind) -> anyhow::Result<ExitCode> {
         (Verdict::refuse("QubesException", "the facts are too large".into()), 2)
     } else {
         match serde_json::from_slice::<ExtensionFacts>(&input) {
-            Ok(facts) => (extension::verdict(&extension::run(&svc.config, kind, &facts)), 0),
+            Ok(facts) => (
+                extension::verdict(&extension::run(&svc.sources.config, kind, &facts)),
+                0,
+            ),
             Err(e) => (
                 Verdict::refuse(
                     "QubesException",

@@ -14,7 +14,7 @@ use crate::PolicyCommand;
 pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     use qubes_pci_admin::policy::{Evaluation, Policy};
     if let PolicyCommand::Lint = cmd {
-        let (p, errors) = Policy::lint_dirs(&svc.config.policy_dirs());
+        let (p, errors) = Policy::lint_dirs(&svc.sources.config.policy_dirs());
         for e in &errors {
             eprintln!("{e}");
         }
@@ -32,7 +32,7 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    let loaded = Policy::load_dirs(&svc.config.policy_dirs());
+    let loaded = Policy::load_dirs(&svc.sources.config.policy_dirs());
     if let Err(e) = &loaded {
         // Not a decision: the command could not run (qrexec would deny
         // everything until the policy loads).
@@ -43,7 +43,7 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Lint => Ok(ExitCode::SUCCESS),
         PolicyCommand::Eval { batch: true, .. } => {
-            let system = svc.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let system = svc.sources.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
             eval_batch(&loaded, &system)
         }
         PolicyCommand::Eval {
@@ -56,7 +56,7 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             let (Some(source), Some(target), Some(service)) = (source, target, service) else {
                 anyhow::bail!("policy eval needs SOURCE TARGET SERVICE[+ARG], or --batch");
             };
-            let system = svc.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let system = svc.sources.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
             let eval = Evaluation::run(&loaded, &system, &source, &target, &service);
             let mut out = std::io::stdout().lock();
             if json {
@@ -123,24 +123,24 @@ fn eval_batch(
 }
 
 pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
-    let inventory = Inventory::scan(&svc.config.sysfs)?;
-    let infos = qubes_pci_admin::api::device_infos(&inventory, &svc.pci_names(), None);
+    let inventory = Inventory::scan(&svc.sources.config.sysfs)?;
+    let infos = qubes_pci_admin::api::device_infos(&inventory, &svc.sources.pci_names(), None);
     let fail = |e: qubes_pci_admin::ApiError| anyhow::anyhow!("{}", e.detail());
-    let xml = svc.qubes_xml().map_err(fail)?;
-    let system = svc.system_info().map_err(fail)?;
+    let xml = svc.sources.qubes_xml().map_err(fail)?;
+    let system = svc.sources.system_info().map_err(fail)?;
     let mut attached = Vec::new();
     for (name, _) in system
         .domains
         .iter()
-        .filter(|(n, i)| i.is_running() && n.as_str() != "dom0")
+        .filter(|(n, i)| i.is_running() && n.as_str() != qubes_pci_rpc::QubeName::dom0().as_str())
     {
         let q = qubes_pci_rpc::QubeName::parse(name)?;
-        for a in svc.qubesd().attached(&q).map_err(|e| fail(e.into()))? {
+        for a in svc.sources.qubesd().attached(&q).map_err(|e| fail(e.into()))? {
             attached.push((q.clone(), a));
         }
     }
     let records = xml.records();
-    let dom0_uses = qubes_pci_admin::pci::dom0_use::scan(&svc.config.sysfs, &svc.config.procfs);
+    let dom0_uses = qubes_pci_admin::pci::dom0_use::scan(&svc.sources.config.sysfs, &svc.sources.config.procfs);
     // One JSON shape for both binaries (qubes_pci_rpc::json).
     let rows: Vec<DeviceJson> = infos
         .iter()

@@ -40,7 +40,9 @@ Then the facts a stock R4.3 dom0 holds (issue "One set of facts"):
  12. a qube without grants running the stock qvm-pci list is told it has
      no access (not an empty list);
  13. a record written by R4.2 (BDF port, required=, identity option) reads
-     through the front door exactly as qubesd lists it.
+     through the front door exactly as qubesd lists it (checked first,
+     while the file still has the R4.2 form: qubesd rewrites it on its
+     next save).
 Prints one line per check; exits 1 on the first failure.
 """
 import json
@@ -315,6 +317,13 @@ def run_checks(ready):
     expect("qubes_pci_admin_ext:PciAdminExtension" in ready["extensions"],
            "1. upstream's loader loads our extension", ready["extensions"])
     ok("1. upstream's loader loads our extension")
+    # Before any write: qubesd keeps the R4.2 form in the file until it
+    # next saves it.
+    ours = front("dom0", "legacy", "admin.vm.device.pci.Assigned")
+    theirs = qubesd("admin.vm.device.pci.Assigned", "", "legacy")
+    expect(b"port_id='00_1c.0-00_00.0'" in theirs, "13. qubesd converts the BDF port", theirs)
+    expect(ours == theirs, "13. the front door lists what qubesd lists", (ours, theirs))
+    ok("13. an R4.2 record (BDF port, required=, identity option) reads as qubesd holds it")
 
     out = front("mgmt", "work", f"admin.vm.device.pci.Assign+{USB}", b"mode='required'")
     expect(out == b"0\0", "2. Assign through the front door", out)
@@ -420,7 +429,7 @@ def stock_dom0_facts():
 
     before = open(os.path.join(RUN, "qubes.xml"), "rb").read()
     for value in (b"False", b"0", b"no"):
-        out = qubesd("admin.vm.device.pci.Assign", "dom0+00_1f.3", "work",
+        out = qubesd("admin.vm.device.pci.Assign", "dom0+00_1c.0-00_00.0", "work",
                      b"mode='required' _permissive='" + value + b"'")
         expect(out.startswith(b"2\0QubesValueError\0") and b"leave the option out" in out,
                f"11. permissive={value!r} straight to qubesd is refused", out)
@@ -439,11 +448,6 @@ def stock_dom0_facts():
     else:
         print("skip 12. stock client (no QubesOS/qubes-core-admin-client tree given)")
 
-    ours = front("dom0", "legacy", "admin.vm.device.pci.Assigned")
-    theirs = qubesd("admin.vm.device.pci.Assigned", "", "legacy")
-    expect(b"port_id='00_1c.0-00_00.0'" in theirs, "13. qubesd converts the BDF port", theirs)
-    expect(ours == theirs, "13. the front door lists what qubesd lists", (ours, theirs))
-    ok("13. an R4.2 record (BDF port, required=, identity option) reads as qubesd holds it")
 
 
 if __name__ == "__main__":
