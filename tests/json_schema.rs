@@ -93,6 +93,15 @@ fn every_json_output_follows_the_schema() {
         &json_of(&env.cli(&["assign-defaults", "--dry-run", "--json"], b""), "defaults"),
         "assign-defaults --dry-run --json",
     );
+    let skipped = json_of(
+        &env.cli(&["assign-defaults", "--dry-run", "--json", "--usb", "none"], b""),
+        "defaults",
+    );
+    assert!(
+        skipped.as_array().unwrap().iter().any(|l| l["qube"].is_null()),
+        "{skipped}"
+    );
+    check("defaults", &skipped, "assign-defaults --usb none --json");
     for (s, t, svc) in [
         ("mgmt", "@adminvm", "admin.vm.device.pci.Available"),
         ("work", "sys-net", "admin.vm.device.pci.Assign+dom0+00_14.0"),
