@@ -39,11 +39,17 @@ pub fn with_dom0_uses(
     if devices.is_empty() {
         return Ok(Vec::new());
     }
-    let uses = dom0_use::scan(sysfs, procfs);
+    let picture = dom0_use::scan(sysfs, procfs);
+    if !picture.unreadable.is_empty() {
+        tracing::error!(
+            why = picture.unreadable.join("; "),
+            "what dom0's storage uses cannot be read: no device can be given to a qube until it can"
+        );
+    }
     Ok(devices
         .into_iter()
         .map(|device| Present {
-            dom0_uses: uses.get(&device.sbdf).cloned().unwrap_or_default(),
+            dom0_uses: picture.uses(&device.sbdf),
             device,
         })
         .collect())

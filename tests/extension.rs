@@ -44,6 +44,15 @@ fn the_extension_asks_the_binary_and_raises_its_refusals() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let sysfs = FakeSysfs::standard();
     let policy = tempfile::tempdir().unwrap();
+    // dom0's procfs: virtual mounts only, no swap.
+    let procfs = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(procfs.path().join("self")).unwrap();
+    std::fs::write(
+        procfs.path().join("self/mountinfo"),
+        common::mountinfo(common::VIRTUAL_MOUNTS),
+    )
+    .unwrap();
+    std::fs::write(procfs.path().join("swaps"), "Filename\tType\tSize\tUsed\tPriority\n").unwrap();
     // The binary behind a recorder: every facts object the extension sends
     // is kept, then checked against the contract.
     let facts = tempfile::tempdir().unwrap();
@@ -70,7 +79,7 @@ fn the_extension_asks_the_binary_and_raises_its_refusals() {
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("QUBES_PCI_ADMIN_BIN", &recorder)
         .env("QUBES_PCI_ADMIN_SYSFS", sysfs.root())
-        .env("QUBES_PCI_ADMIN_PROCFS", policy.path())
+        .env("QUBES_PCI_ADMIN_PROCFS", procfs.path())
         .env("QUBES_PCI_ADMIN_POLICY_DIR", policy.path())
         .env("QUBES_PCI_ADMIN_LOG", "off")
         .output()

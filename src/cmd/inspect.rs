@@ -167,7 +167,7 @@ pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
             j.used_by_dom0 = Some(
                 inventory
                     .by_port(&i.port)
-                    .and_then(|d| dom0_uses.get(&d.sbdf))
+                    .map(|d| dom0_uses.uses(&d.sbdf))
                     .into_iter()
                     .flatten()
                     .map(|u| u.what.to_string())

@@ -201,6 +201,98 @@ impl FakeSysfs {
         std::fs::create_dir(&p).unwrap();
     }
 
+    /// A symlink at `at` (under the root) to `target` (under the root),
+    /// relative, as the kernel makes them.
+    fn link(&self, at: &Path, target: &Path) {
+        let up = at.parent().unwrap().components().count();
+        let rel = PathBuf::from("../".repeat(up)).join(target);
+        std::fs::create_dir_all(self.root().join(at).parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(rel, self.root().join(at)).unwrap();
+    }
+
+    /// Where a block device added here lives, under the root.
+    fn block_dir(&self, name: &str) -> PathBuf {
+        let root = std::fs::canonicalize(self.root()).unwrap();
+        std::fs::canonicalize(self.root().join("class/block").join(name))
+            .unwrap()
+            .strip_prefix(&root)
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Registers the block device at `rel` as `class/block/NAME` and
+    /// `dev/block/MAJ:MIN`, with its `dev`, `holders/` and `slaves/`.
+    fn block_at(&self, rel: &Path, devno: &str) {
+        let abs = self.root().join(rel);
+        std::fs::create_dir_all(abs.join("holders")).unwrap();
+        std::fs::create_dir_all(abs.join("slaves")).unwrap();
+        write(&abs.join("dev"), devno);
+        let name = rel.file_name().unwrap();
+        self.link(&Path::new("class/block").join(name), rel);
+        self.link(&Path::new("dev/block").join(devno), rel);
+    }
+
+    /// A whole disk `name` (`MAJ:MIN`) of the PCI function `sbdf`, where
+    /// the kernel puts it: `nvme/nvmeX/nvmeXnY` for an NVMe namespace,
+    /// `ata1/host0/target0:0:0/0:0:0:0/block/sdX` for a SATA disk.
+    pub fn add_disk(&self, sbdf: &str, name: &str, devno: &str) {
+        let under = &self.paths[sbdf];
+        let rel = match name.strip_prefix("nvme") {
+            Some(rest) => {
+                let ctrl = format!("nvme{}", rest.split('n').next().unwrap());
+                under.join("nvme").join(ctrl).join(name)
+            }
+            None => under.join("ata1/host0/target0:0:0/0:0:0:0/block").join(name),
+        };
+        self.block_at(&rel, devno);
+    }
+
+    /// A partition `name` of the disk `disk`.
+    pub fn add_partition(&self, disk: &str, name: &str, devno: &str) {
+        let rel = self.block_dir(disk).join(name);
+        self.block_at(&rel, devno);
+        write(&self.root().join(&rel).join("partition"), "1");
+    }
+
+    /// A virtual block device (`dm-N` with its device-mapper name, or an md
+    /// array) over `slaves`, each of which gets it in its `holders/`.
+    fn add_virtual(&self, name: &str, devno: &str, slaves: &[&str]) -> PathBuf {
+        let rel = PathBuf::from("devices/virtual/block").join(name);
+        self.block_at(&rel, devno);
+        for s in slaves {
+            let below = self.block_dir(s);
+            self.link(&rel.join("slaves").join(s), &below);
+            self.link(&below.join("holders").join(name), &rel);
+        }
+        rel
+    }
+
+    /// A device-mapper device `name` (`dm-N`) called `dm_name`
+    /// (`/dev/mapper/DM_NAME`) over `slaves`.
+    pub fn add_dm_device(&self, name: &str, devno: &str, dm_name: &str, slaves: &[&str]) {
+        let rel = self.add_virtual(name, devno, slaves);
+        std::fs::create_dir_all(self.root().join(&rel).join("dm")).unwrap();
+        write(&self.root().join(&rel).join("dm/name"), dm_name);
+    }
+
+    /// An assembled md array `name` over `members`.
+    pub fn add_md(&self, name: &str, devno: &str, members: &[&str]) {
+        let rel = self.add_virtual(name, devno, members);
+        std::fs::create_dir_all(self.root().join(&rel).join("md")).unwrap();
+        write(&self.root().join(&rel).join("md/array_state"), "clean");
+    }
+
+    /// A mounted btrfs filesystem `fsid` on the block devices `devices`
+    /// (`/sys/fs/btrfs/FSID/devices/NAME`).
+    pub fn add_btrfs(&self, fsid: &str, devices: &[&str]) {
+        let base = PathBuf::from("fs/btrfs").join(fsid);
+        std::fs::create_dir_all(self.root().join("fs/btrfs/features")).unwrap();
+        for d in devices {
+            let target = self.block_dir(d);
+            self.link(&base.join("devices").join(d), &target);
+        }
+    }
+
     /// The reference tree used by the golden tests.
     pub fn standard() -> FakeSysfs {
         let mut s = FakeSysfs::new(&["0000:00", "0001:00"]);

@@ -40,6 +40,28 @@ pub const QUBES_XML: &str = r#"<?xml version='1.0' encoding='utf-8'?>
 </qubes>
 "#;
 
+/// The virtual filesystems every dom0 has mounted.
+pub const VIRTUAL_MOUNTS: &[(&str, &str, &str, &str)] = &[
+    ("0:22", "/proc", "proc", "proc"),
+    ("0:21", "/sys", "sysfs", "sysfs"),
+    ("0:5", "/dev", "devtmpfs", "devtmpfs"),
+    ("0:25", "/run", "tmpfs", "tmpfs"),
+];
+
+/// `/proc/self/mountinfo` text for `(MAJ:MIN, mount point, type, source)`.
+pub fn mountinfo(mounts: &[(&str, &str, &str, &str)]) -> String {
+    mounts
+        .iter()
+        .enumerate()
+        .map(|(i, (devno, at, fstype, source))| {
+            format!(
+                "{} 1 {devno} / {at} rw,relatime shared:{i} - {fstype} {source} rw\n",
+                20 + i
+            )
+        })
+        .collect()
+}
+
 /// The stand-in for qubesd the project ships (tests/standin).
 pub const STANDIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/standin/qubesd-standin.py");
 
@@ -69,6 +91,9 @@ impl TestEnv {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("policy/include")).unwrap();
         std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+        // What every dom0 has mounted: virtual filesystems only, no swap.
+        std::fs::write(dir.path().join("proc/self/mountinfo"), mountinfo(VIRTUAL_MOUNTS)).unwrap();
+        std::fs::write(dir.path().join("proc/swaps"), "Filename\tType\tSize\tUsed\tPriority\n").unwrap();
         std::fs::write(dir.path().join("qubes.xml"), xml).unwrap();
         let mut env = TestEnv {
             sysfs,
@@ -110,21 +135,36 @@ impl TestEnv {
         self.standin = Some(child);
     }
 
-    /// dom0's mounts (`/proc/self/mountinfo` lines: `MAJ:MIN MOUNTPOINT`)
-    /// and swap devices.
+    /// dom0's mounts (`/proc/self/mountinfo` lines: `MAJ:MIN MOUNTPOINT`;
+    /// `0:NN` a virtual filesystem) and swap partitions.
     pub fn set_dom0_mounts(&self, mounts: &[(&str, &str)], swaps: &[&str]) {
-        let proc = self.dir.path().join("proc");
-        let info: String = mounts
+        let full: Vec<(&str, &str, &str, &str)> = mounts
             .iter()
-            .enumerate()
-            .map(|(i, (devno, at))| format!("{} 1 {devno} / {at} rw,relatime - ext4 /dev/x rw\n", 20 + i))
+            .map(|(devno, at)| {
+                if devno.starts_with("0:") {
+                    (*devno, *at, "tmpfs", "tmpfs")
+                } else {
+                    (*devno, *at, "ext4", "/dev/x")
+                }
+            })
             .collect();
-        std::fs::write(proc.join("self/mountinfo"), info).unwrap();
-        let mut sw = "Filename\tType\tSize\tUsed\tPriority\n".to_owned();
-        for s in swaps {
-            sw.push_str(&format!("{s}\tpartition\t1000\t0\t-2\n"));
+        self.set_mountinfo(&full);
+        let swaps: Vec<(&str, &str)> = swaps.iter().map(|s| (*s, "partition")).collect();
+        self.set_swaps(&swaps);
+    }
+
+    /// dom0's `/proc/self/mountinfo`: `(MAJ:MIN, mount point, type, source)`.
+    pub fn set_mountinfo(&self, mounts: &[(&str, &str, &str, &str)]) {
+        std::fs::write(self.dir.path().join("proc/self/mountinfo"), mountinfo(mounts)).unwrap();
+    }
+
+    /// dom0's `/proc/swaps`: `(file name, partition|file)`.
+    pub fn set_swaps(&self, swaps: &[(&str, &str)]) {
+        let mut sw = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n".to_owned();
+        for (name, kind) in swaps {
+            sw.push_str(&format!("{name}\t{kind}\t\t1000\t\t0\t\t-2\n"));
         }
-        std::fs::write(proc.join("swaps"), sw).unwrap();
+        std::fs::write(self.dir.path().join("proc/swaps"), sw).unwrap();
     }
 
     /// Stops the stand-in: qubesd is gone.
