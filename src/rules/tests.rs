@@ -115,7 +115,7 @@ fn assign_refusals_name_the_rule() {
             "auto-attach",
             |_, r| r.mode = AssignmentMode::AutoAttach,
             "QubesValueError",
-            "only as required",
+            "only as required. Assign it as required (`qvm-pci assign --required work dom0:00_1f.6`)",
         ),
         (
             "manual",
