@@ -4,7 +4,10 @@
 //! `tests/real-qubesd/server.py` with upstream's own test stubs for libvirt
 //! and qubesdb. Runs when `QUBES_CORE_ADMIN_SRC` and `QUBES_CORE_QREXEC_SRC`
 //! point at extracted trees (and `QUBES_CORE_ADMIN_CLIENT_SRC`, optional, at
-//! the stock client's, to run the stock `qvm-pci` too); says it skipped
+//! the stock client's, to run the stock `qvm-pci` too; with it,
+//! `QUBES_MANAGER_SRC` at an extracted QubesOS/qubes-manager and
+//! `MANAGER_SITE` at a directory holding PyQt6, pyxdg and qasync run the
+//! real Qube Settings dialog's Devices tab headless); says it skipped
 //! otherwise. Nothing of upstream is in this repository.
 //!
 //! The first run builds a Python venv (lxml, jinja2, docutils, PyYAML,

@@ -39,6 +39,10 @@ Then the facts a stock R4.3 dom0 holds (issue "One set of facts"):
  11. an option value other than True straight to qubesd is refused;
  12. a qube without grants running the stock qvm-pci list is told it has
      no access (not an empty list);
+ 14. with QUBES_MANAGER_SRC (an extracted QubesOS/qubes-manager) and PyQt6
+     (MANAGER_SITE, a directory holding it): the real Qube Settings dialog's
+     Devices tab lists, assigns and unassigns through the front door, and
+     shows rule and policy refusals as error dialogs (manager.py);
  13. a record written by R4.2 (BDF port, required=, identity option) reads
      through the front door exactly as qubesd lists it (checked first,
      while the file still has the R4.2 form: qubesd rewrites it on its
@@ -65,9 +69,11 @@ QUBES_XML = """<?xml version='1.0' encoding='utf-8'?>
   </labels>
   <pools>
     <pool name="varlibqubes" dir_path="{run}/varlib" driver="file" revisions_to_keep="-1"/>
+    <pool name="linux-kernel" dir_path="{run}/vm-kernels" driver="linux-kernel"/>
   </pools>
   <properties>
     <property name="default_pool">varlibqubes</property>
+    <property name="default_kernel">6.6.48-1.fc37</property>
   </properties>
   <domains>
     <domain id="domain-0" class="AdminVM">
@@ -168,6 +174,7 @@ def front_env():
     env = dict(os.environ)
     env.update({
         "QUBES_PCI_ADMIN_SYSFS": os.path.join(RUN, "sys"),
+        "QUBES_PCI_ADMIN_PROCFS": os.path.join(RUN, "proc"),
         "QUBES_PCI_ADMIN_POLICY_DIR": os.path.join(RUN, "policy.d"),
         "QUBES_PCI_ADMIN_QUBESD_SOCKET": os.path.join(RUN, "qubesd.sock"),
         "QUBES_PCI_ADMIN_QUBESD_INTERNAL_SOCKET": os.path.join(RUN, "qubesd.internal.sock"),
@@ -285,6 +292,16 @@ def main():
             QUBE.format(qid=qid, name=n, tags=t, devices=d,
                         virt_mode=f'<property name="virt_mode">{vm}</property>' if vm else "",
                         uuid=f"00000000-0000-0000-0000-{qid:012d}") for n, qid, vm, t, d in qubes)))
+    kernel = os.path.join(RUN, "vm-kernels", "6.6.48-1.fc37")
+    os.makedirs(kernel, exist_ok=True)
+    for name in ("vmlinuz", "initramfs", "modules.img"):
+        open(os.path.join(kernel, name), "wb").close()
+    # dom0's procfs for that sysfs: virtual filesystems mounted, no swap
+    os.makedirs(os.path.join(RUN, "proc", "self"), exist_ok=True)
+    with open(os.path.join(RUN, "proc", "self", "mountinfo"), "w") as f:
+        f.write("20 1 0:22 / /proc rw - proc proc rw\n21 1 0:21 / /sys rw - sysfs sysfs rw\n")
+    with open(os.path.join(RUN, "proc", "swaps"), "w") as f:
+        f.write("Filename\tType\tSize\tUsed\tPriority\n")
     os.makedirs(os.path.join(RUN, "policy.d"), exist_ok=True)
     with open(os.path.join(RUN, "policy.d", "30-test.policy"), "w") as f:
         f.write(POLICY)
@@ -387,7 +404,37 @@ def run_checks(ready):
     expect(out.startswith(b"2\0QubesVMNotHaltedError\0"), "6. direct Detach from a running qube is refused", out)
     ok("6. direct Attach/Detach on a running qube are refused by the extension")
     stock_dom0_facts()
+    qube_settings()
     print("real qubesd: all checks passed")
+
+
+def qube_settings():
+    tree = os.environ.get("QUBES_MANAGER_SRC")
+    if not (CLIENT and tree):
+        print("skip 14. Qube Settings dialog (set QUBES_MANAGER_SRC and give the client tree)")
+        return
+    env = dict(front_env(), SHIM_SOURCE="mgmt", PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=os.environ.get("MANAGER_SITE", ""))
+    p = subprocess.run([os.environ["REAL_QUBESD_PYTHON"], os.path.join(os.path.dirname(SERVER), "manager.py"),
+                        RUN, tree, CLIENT, os.path.join(RUN, "qrexec-client-vm")],
+                       capture_output=True, env=env, timeout=600)
+    expect(p.returncode == 0, "14. the Qube Settings dialog runs", p.stderr.decode()[-3000:])
+    r = json.loads(p.stdout.decode().strip().splitlines()[-1])
+    expect(r["tab_enabled"] and "00_1f.6" in r["selected"], "14. Devices tab lists media's device", r)
+    expect("00_1c.0" not in r["available"] and "00_00.0" not in r["available"]
+           and "00_14.0" in r["available"], "14. ... and dom0's devices but bridges", r["available"])
+    expect(r["assign"] == [] and "00_1c.0-00_00.0" in r["after_assign"], "14. assign", r)
+    expect(r["unassign"] == [] and "00_1c.0-00_00.0" not in r["after_unassign"], "14. unassign", r)
+    expect(any("same physical device" in w for w in r["rule_refusal"]), "14. rule refusal dialog",
+           r["rule_refusal"])
+    expect(any("denied by dom0's qrexec policy" in w for w in r["policy_refusal"]), "14. policy refusal dialog",
+           r["policy_refusal"])
+    expect(any("Option+no-strict-reset" in w for w in r["option_without_grant"]), "14. option needs its grant",
+           r["option_without_grant"])
+    expect(r["option_with_grant"] == [] and "00_1c.0-00_00.0" in r["after_option"], "14. option with grant", r)
+    for key in ("rule_refusal", "policy_refusal", "option_without_grant"):
+        print(f"     {key}: {r[key][0].replace(chr(10), ' ')[:400]}")
+    ok("14. the Qube Settings dialog lists, assigns, unassigns, and shows rule and policy refusals")
 
 
 def stock_dom0_facts():
