@@ -253,6 +253,7 @@ fn the_switch_over_is_installed_and_undone() {
                 &d.join("share/qubes-pci-admin").display().to_string(),
             )
             .replace("/usr/local/etc/qubes-rpc", &rpc.display().to_string())
+            .replace("/run/", &format!("{}/", d.display()))
             .replace("systemctl", "true")
             .lines()
             .filter(|l| !l.starts_with("%systemd"))
@@ -312,6 +313,78 @@ fn the_switch_over_is_installed_and_undone() {
     // Uninstall: ours go, the other stays.
     run("%preun", "0");
     assert_eq!(entries(), [("admin.vm.device.pci.Detach".to_owned(), None)]);
+}
+
+/// Uninstalling gives dom0 back: qubesd keeps a loaded extension until it
+/// restarts, and the extension refuses every PCI assign and start once its
+/// binary is gone. So on erase `%preun` stops a running qubesd before the
+/// files go and `%postun` starts it after; an upgrade leaves qubesd alone.
+/// Run with sh and a `systemctl` that records what it is asked.
+#[test]
+fn uninstalling_restarts_qubesd_without_the_extension() {
+    let spec = std::fs::read_to_string(repo("packaging/qubes-pci-admin.spec")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("systemctl.log");
+    let systemctl = d.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!("#!/bin/sh\necho \"$*\" >> {}\nexit 0\n", log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&systemctl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(d.join("share/qubes-pci-admin/qubes-rpc/socket")).unwrap();
+    let script = |section: &str| {
+        spec_section(&spec, section)
+            .replace("%{_datadir}/%{name}", &d.join("share/qubes-pci-admin").display().to_string())
+            .replace("/usr/local/etc/qubes-rpc", &d.join("rpc").display().to_string())
+            .replace("/run/", &format!("{}/", d.display()))
+            .replace("systemctl", &systemctl.display().to_string())
+            .lines()
+            .filter(|l| !l.starts_with("%systemd"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let run = |section: &str, arg: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script(section), "scriptlet", arg])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{section}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let calls = || -> Vec<String> {
+        let v = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("qubesd"))
+            .map(str::to_owned)
+            .collect();
+        let _ = std::fs::remove_file(&log);
+        v
+    };
+    // An upgrade: qubesd is not stopped (it reloads the new extension
+    // when %post restarts it).
+    run("%preun", "1");
+    run("%postun", "1");
+    assert_eq!(calls(), Vec::<String>::new());
+    // Erase: stopped before the files go, started after.
+    run("%preun", "0");
+    assert_eq!(calls(), ["is-active --quiet qubesd.service", "stop qubesd.service"]);
+    run("%postun", "0");
+    assert_eq!(calls(), ["start qubesd.service"]);
+    assert!(!d.join("qubes-pci-admin.qubesd-stopped").exists());
+    // A qubesd that was not running is not started.
+    std::fs::write(
+        &systemctl,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\n[ \"$1\" = is-active ] && exit 3\nexit 0\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    run("%preun", "0");
+    run("%postun", "0");
+    assert_eq!(calls(), ["is-active --quiet qubesd.service"]);
 }
 
 /// The spec declares every crate built into the binaries, with its
