@@ -45,6 +45,16 @@ pub struct Config {
     )]
     pub qubesd_timeout_ms: u64,
 
+    /// Milliseconds a caller may take to send its whole request (exec mode,
+    /// serve-connection, the daemon); then it gets a typed refusal.
+    #[arg(
+        long,
+        env = "QUBES_PCI_ADMIN_READ_DEADLINE_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub read_deadline_ms: u64,
+
     /// qubesd's qubes.xml, read for Assigned and for the rules' facts.
     #[arg(
         long,
@@ -87,6 +97,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// How long a caller may take to send its whole request.
+    pub fn read_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.read_deadline_ms)
+    }
+
     /// The policy directories in effect.
     pub fn policy_dirs(&self) -> Vec<PathBuf> {
         if self.policy_dirs.is_empty() {

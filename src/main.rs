@@ -47,12 +47,7 @@ enum Command {
     /// Answer one qrexec socket-service connection on stdin/stdout (the
     /// header, a NUL, the payload; then the reply), as under systemd's
     /// `Accept=yes`.
-    ServeConnection {
-        /// Milliseconds the client may take to send its whole request; then
-        /// it gets a typed refusal and the connection ends.
-        #[arg(long, default_value_t = 5000)]
-        read_deadline_ms: u64,
-    },
+    ServeConnection,
     /// Run the resident service on a Unix socket (qrexec socket-service
     /// framing), from --socket or systemd socket activation. Stops on
     /// SIGTERM after the calls in flight.
@@ -63,9 +58,6 @@ enum Command {
         /// Calls answered at the same time (as many more may wait).
         #[arg(long, default_value_t = 16)]
         workers: usize,
-        /// Milliseconds a client may take to send its whole request.
-        #[arg(long, default_value_t = 5000)]
-        read_deadline_ms: u64,
         /// Milliseconds a client may take to send the request header (qrexec
         /// sends it at once); a connection that sends nothing is cut off then.
         #[arg(long, default_value_t = 1000)]
@@ -192,6 +184,31 @@ fn read_capped(r: impl Read) -> std::io::Result<Result<Vec<u8>, DecodeError>> {
     })
 }
 
+/// Standard input, read (capped) on a thread so that a caller that never
+/// closes its end is answered at the deadline: `None` then (the thread ends
+/// with the process).
+fn read_within(deadline: std::time::Duration) -> Option<std::io::Result<Result<Vec<u8>, DecodeError>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(read_capped(std::io::stdin().lock()));
+    });
+    rx.recv_timeout(deadline).ok()
+}
+
+/// The typed refusal of a request not complete by the deadline.
+fn too_slow(config: &Config, what_to_do: &str) -> Vec<u8> {
+    let ms = config.read_deadline_ms;
+    tracing::warn!(
+        deadline_ms = ms,
+        "caller did not send its whole request in time; cut off"
+    );
+    Reply::error(
+        ExceptionKind::ProtocolError,
+        format!("request not complete within {ms} ms: {what_to_do}"),
+    )
+    .encode()
+}
+
 /// The qrexec variables exec mode reads.
 const QREXEC_VARS: [&str; 6] = [
     "QREXEC_REMOTE_DOMAIN",
@@ -249,13 +266,14 @@ fn exec_reply(argv0: &str) -> Vec<u8> {
         not_utf8("a qrexec variable is not UTF-8")
     } else {
         let argv1 = argv1.and_then(|a| a.into_string().ok());
-        match read_capped(std::io::stdin().lock()) {
-            Err(e) => Err(DecodeError::Framing(if e.kind() == std::io::ErrorKind::InvalidData {
+        match read_within(svc.sources.config.read_deadline()) {
+            None => return too_slow(&svc.sources.config, "send the payload, then close your end"),
+            Some(Err(e)) => Err(DecodeError::Framing(if e.kind() == std::io::ErrorKind::InvalidData {
                 "unreadable payload"
             } else {
                 "cannot read the payload"
             })),
-            Ok(payload) => payload
+            Some(Ok(payload)) => payload
                 .and_then(|p| UntrustedRequest::decode_exec(argv0, argv1.as_deref(), |k| std::env::var(k).ok(), p)),
         }
     };
@@ -323,32 +341,17 @@ fn run_with(svc: Service, command: Command) -> anyhow::Result<ExitCode> {
             std::io::stdout().write_all(&reply.bytes).context("writing the reply")?;
             Ok(ExitCode::from(if reply.ok { 0 } else { 2 }))
         }
-        Command::ServeConnection { read_deadline_ms } => {
-            // Read on a thread, so a client that sends nothing is answered
-            // at the deadline (the thread ends with the process).
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let _ = tx.send(read_capped(std::io::stdin().lock()));
-            });
-            let request = match rx.recv_timeout(std::time::Duration::from_millis(read_deadline_ms)) {
-                Ok(read) => read
+        Command::ServeConnection => {
+            let request = match read_within(svc.sources.config.read_deadline()) {
+                Some(read) => read
                     .context("reading the request from stdin")?
                     .and_then(|buf| UntrustedRequest::decode_socket(&buf)),
-                Err(_) => {
-                    tracing::warn!(
-                        deadline_ms = read_deadline_ms,
-                        "client did not send its whole request in time; cut off"
+                None => {
+                    let reply = too_slow(
+                        &svc.sources.config,
+                        "send the header, a NUL and the payload, then close your end",
                     );
-                    let reply = Reply::error(
-                        ExceptionKind::ProtocolError,
-                        format!(
-                            "request not complete within {read_deadline_ms} ms: send the header, a NUL and the \
-                             payload, then close your end"
-                        ),
-                    );
-                    std::io::stdout()
-                        .write_all(&reply.encode())
-                        .context("writing the reply")?;
+                    std::io::stdout().write_all(&reply).context("writing the reply")?;
                     return Ok(ExitCode::SUCCESS);
                 }
             };
@@ -359,7 +362,6 @@ fn run_with(svc: Service, command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve {
             socket,
             workers,
-            read_deadline_ms,
             header_deadline_ms,
             echo,
             ..
@@ -367,7 +369,7 @@ fn run_with(svc: Service, command: Command) -> anyhow::Result<ExitCode> {
             let opts = ServeOptions {
                 socket,
                 workers,
-                read_deadline: std::time::Duration::from_millis(read_deadline_ms),
+                read_deadline: svc.sources.config.read_deadline(),
                 header_deadline: std::time::Duration::from_millis(header_deadline_ms),
                 echo,
             };

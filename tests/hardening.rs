@@ -133,6 +133,52 @@ fn a_stalled_serve_connection_ends_at_its_deadline() {
     drop(stdin);
 }
 
+/// An exec-mode call (as qrexec runs `/etc/qubes-rpc/METHOD`) whose caller
+/// never closes its input ends at the read deadline with a typed reply,
+/// instead of keeping a dom0 process waiting as long as the caller likes.
+#[test]
+fn a_stalled_exec_call_ends_at_its_deadline() {
+    let env = TestEnv::new(FakeSysfs::standard());
+    let link = env.dir.path().join("admin.vm.device.pci.Assign");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let mut child = Command::new(&link)
+        .arg("dom0+00_14.0")
+        .env_clear()
+        .envs(env.envs())
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .env("QUBES_PCI_ADMIN_READ_DEADLINE_MS", "300")
+        .env("QREXEC_REMOTE_DOMAIN", "mgmt")
+        .env("QREXEC_SERVICE_ARGUMENT", "dom0+00_14.0")
+        .env("QREXEC_REQUESTED_TARGET_TYPE", "name")
+        .env("QREXEC_REQUESTED_TARGET", "work")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"mode='requ").unwrap(); // and never closes
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            panic!("the exec call still waits for its caller after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the reply is written, so exit 0 as qrexec wants"
+    );
+    let (ty, msg) = error_of(&out);
+    assert_eq!(ty, "ProtocolError");
+    assert!(msg.contains("300 ms"), "{msg}");
+    assert!(env.qubesd_writes().is_empty());
+    drop(stdin);
+}
+
 /// Item 5: a policy of doubling `!include` chains is refused by lint (and
 /// denies everything) quickly, instead of 2^17 file loads.
 #[test]

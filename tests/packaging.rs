@@ -336,7 +336,10 @@ fn uninstalling_restarts_qubesd_without_the_extension() {
     std::fs::create_dir_all(d.join("share/qubes-pci-admin/qubes-rpc/socket")).unwrap();
     let script = |section: &str| {
         spec_section(&spec, section)
-            .replace("%{_datadir}/%{name}", &d.join("share/qubes-pci-admin").display().to_string())
+            .replace(
+                "%{_datadir}/%{name}",
+                &d.join("share/qubes-pci-admin").display().to_string(),
+            )
             .replace("/usr/local/etc/qubes-rpc", &d.join("rpc").display().to_string())
             .replace("/run/", &format!("{}/", d.display()))
             .replace("systemctl", &systemctl.display().to_string())
@@ -350,7 +353,11 @@ fn uninstalling_restarts_qubesd_without_the_extension() {
             .args(["-c", &script(section), "scriptlet", arg])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{section}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{section}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     let calls = || -> Vec<String> {
         let v = std::fs::read_to_string(&log)
