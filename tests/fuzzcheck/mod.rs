@@ -308,6 +308,10 @@ fn world() -> &'static World {
             </domains></qubes>"#,
         )
         .unwrap();
+        // dom0's procfs: virtual filesystems mounted, no swap.
+        std::fs::create_dir_all(d.join("proc/self")).unwrap();
+        std::fs::write(d.join("proc/self/mountinfo"), "20 1 0:22 / /proc rw - proc proc rw\n").unwrap();
+        std::fs::write(d.join("proc/swaps"), "Filename\tType\tSize\tUsed\tPriority\n").unwrap();
         let sock = d.join("qubesd.sock");
         let listener = UnixListener::bind(&sock).unwrap();
         std::thread::spawn(move || fake_qubesd(listener));
@@ -317,6 +321,7 @@ fn world() -> &'static World {
             qubesd_socket: sock.clone(),
             qubesd_internal_socket: sock,
             qubesd_timeout_ms: 5000,
+            read_deadline_ms: 5000,
             qubes_xml: d.join("qubes.xml"),
             policy_dirs: vec![d.join("policy")],
             system_info: Some(d.join("system-info.json")),
