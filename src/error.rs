@@ -47,6 +47,14 @@ pub enum ApiError {
     /// qubesd refused a request of ours: its exception, relayed.
     #[error("{message}")]
     Relayed { name: String, message: String },
+    /// qubesd had the whole request for a change and gave no answer (past
+    /// the deadline, or the connection broke): the change may or may not
+    /// have been made. `detail` is for the journal.
+    #[error(
+        "qubesd did not answer this change in time, so it may or may not have taken effect: check with \
+         `qvm-pci list` before trying again"
+    )]
+    Unanswered { detail: String },
     /// Something in dom0 failed (qubesd did not answer, a file does not
     /// parse). The caller gets `public`; `detail` names dom0's internals
     /// and goes to the journal only.
@@ -82,10 +90,21 @@ impl ApiError {
         ApiError::Dom0 { public, detail }
     }
 
+    /// qubesd had the whole request for a change and did not answer.
+    pub fn unanswered(e: &QubesdError) -> ApiError {
+        let detail = e.to_string();
+        tracing::error!(
+            detail = qubes_pci_rpc::reply::escape_controls(&detail),
+            "qubesd did not answer a change"
+        );
+        ApiError::Unanswered { detail }
+    }
+
     /// The detail of a dom0 failure, for dom0's own commands.
     pub fn detail(&self) -> String {
         match self {
             ApiError::Dom0 { public, detail } => format!("{public} ({detail})"),
+            ApiError::Unanswered { detail } => format!("{self} ({detail})"),
             other => other.to_string(),
         }
     }
@@ -104,7 +123,7 @@ impl ApiError {
             ApiError::Value(_) => ExceptionKind::QubesValueError,
             ApiError::InvalidMode => ExceptionKind::QubesUnrecognizedDeviceAssignmentMode,
             ApiError::Relayed { name, .. } => ExceptionKind::from_name(name).unwrap_or(ExceptionKind::QubesException),
-            ApiError::Qubes(_) | ApiError::Dom0 { .. } => ExceptionKind::QubesException,
+            ApiError::Qubes(_) | ApiError::Dom0 { .. } | ApiError::Unanswered { .. } => ExceptionKind::QubesException,
         }
     }
 

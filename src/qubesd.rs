@@ -37,6 +37,18 @@ pub enum QubesdError {
     TooLarge { socket: String, method: String },
     #[error("qubesd's answer to {method} does not parse: {detail}")]
     Unexpected { method: String, detail: String },
+    /// The whole request reached qubesd, then its answer did not: qubesd
+    /// may or may not have done it.
+    #[error("{0} (qubesd had the whole request)")]
+    Sent(Box<QubesdError>),
+}
+
+impl QubesdError {
+    /// The whole request reached qubesd before this went wrong: a change it
+    /// asked for may or may not have been made.
+    pub fn was_sent(&self) -> bool {
+        matches!(self, QubesdError::Sent(_))
+    }
 }
 
 /// What qubesd answered.
@@ -183,35 +195,48 @@ pub fn call(
         .map_err(io)?;
     stream.write_all(&request).map_err(|e| timeout_or(e, timed_out, io))?;
     stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
+    receive(stream, left, timed_out, io, &shown, method).map_err(|e| QubesdError::Sent(Box::new(e)))
+}
+
+/// qubesd's answer on `stream`, which has the whole request, by the
+/// deadline `left` counts down to.
+fn receive(
+    mut stream: UnixStream,
+    left: impl Fn() -> Option<Duration>,
+    timed_out: impl Fn() -> QubesdError,
+    io: impl Fn(std::io::Error) -> QubesdError,
+    shown: &str,
+    method: &str,
+) -> Result<Answer, QubesdError> {
     let mut answer = Vec::new();
     let mut chunk = [0u8; 16 << 10];
     loop {
         stream
-            .set_read_timeout(Some(left().ok_or_else(timed_out)?))
-            .map_err(io)?;
+            .set_read_timeout(Some(left().ok_or_else(&timed_out)?))
+            .map_err(&io)?;
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
                 answer.extend_from_slice(chunk.get(..n).unwrap_or_default());
                 if answer.len() > MAX_ANSWER {
                     return Err(QubesdError::TooLarge {
-                        socket: shown,
+                        socket: shown.to_owned(),
                         method: method.to_owned(),
                     });
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(timeout_or(e, timed_out, io)),
+            Err(e) => return Err(timeout_or(e, &timed_out, &io)),
         }
     }
     if answer.is_empty() {
         return Err(QubesdError::Empty {
-            socket: shown,
+            socket: shown.to_owned(),
             method: method.to_owned(),
         });
     }
     Answer::parse(&answer).ok_or(QubesdError::Malformed {
-        socket: shown,
+        socket: shown.to_owned(),
         method: method.to_owned(),
     })
 }
@@ -289,7 +314,11 @@ mod tests {
         });
         let start = Instant::now();
         let e = call(&path, Duration::from_millis(150), "m", "", "dom0", b"").unwrap_err();
-        assert!(matches!(e, QubesdError::Timeout { .. }), "{e}");
+        assert!(
+            matches!(&e, QubesdError::Sent(inner) if matches!(**inner, QubesdError::Timeout { .. })),
+            "{e}"
+        );
+        assert!(e.was_sent(), "it had the whole request");
         assert!(start.elapsed() < Duration::from_millis(500));
         held.join().unwrap();
         let e = call(

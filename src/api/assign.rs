@@ -73,33 +73,80 @@ fn send_assign(svc: &Service, r: &Record) -> Result<Output, ApiError> {
 }
 
 /// Another set of options for an existing assignment: qubesd has no call
-/// for it, so unassign and assign again; if the assign fails, the old
-/// assignment is put back, so the qube never ends up without its device.
+/// for it, so unassign and assign again. Whenever an answer is missing or a
+/// step fails, what qubesd holds is read again (its qubes.xml) before the
+/// next step, so the qube never ends up without its device: the new
+/// assignment there is success; neither there puts the old one back.
 fn replace(svc: &Service, before: &Record, after: &Record) -> Result<Output, ApiError> {
-    svc.forward(Method::Unassign, &before.device_ref().to_qarg(), &before.frontend, b"")?;
-    match send_assign(svc, after) {
-        Ok(o) => {
-            tracing::info!(
-                device = %after.device_name(),
-                qube = %after.frontend,
-                "options changed from [{}] to [{}]",
-                before.options.enabled().collect::<Vec<_>>().join(","),
-                after.options.enabled().collect::<Vec<_>>().join(","),
-            );
-            Ok(o)
-        }
-        Err(e) => {
-            if let Err(restore) = send_assign(svc, before) {
-                tracing::error!(
-                    device = %before.device_name(),
-                    qube = %before.frontend,
-                    error = %restore.detail(),
-                    "changing the options failed and the old assignment could not be restored; assign it again"
-                );
+    let holds = |r: &Record| -> Result<bool, ApiError> {
+        Ok(svc
+            .sources
+            .qubes_xml()?
+            .records()
+            .iter()
+            .any(|s| s.same_key(r) && s.options == r.options && s.mode == r.mode))
+    };
+    match svc.forward(Method::Unassign, &before.device_ref().to_qarg(), &before.frontend, b"") {
+        Ok(_) => {}
+        Err(e @ ApiError::Unanswered { .. }) => {
+            if holds(before)? {
+                // The old assignment is still there: stop here, before a
+                // late Unassign and a new Assign can cross.
+                return Err(e);
             }
-            Err(e)
+            tracing::warn!(device = %before.device_name(), qube = %before.frontend,
+                "qubesd answered the Unassign of an option change late, but it was done; assigning with the new options");
+        }
+        Err(e) => return Err(e),
+    }
+    let failed = match send_assign(svc, after) {
+        Ok(o) => {
+            log_changed(before, after);
+            return Ok(o);
+        }
+        Err(e) => e,
+    };
+    if holds(after)? {
+        // qubesd did it and its answer was lost.
+        log_changed(before, after);
+        return Ok(Output::Empty);
+    }
+    let restored =
+        send_assign(svc, before)
+            .map(drop)
+            .or_else(|restore| if holds(before)? { Ok(()) } else { Err(restore) });
+    match restored {
+        Ok(()) => Err(failed),
+        Err(restore) => {
+            tracing::error!(
+                device = %before.device_name(),
+                qube = %before.frontend,
+                error = %restore.detail(),
+                "changing the options failed and the old assignment could not be restored"
+            );
+            Err(ApiError::Qubes(format!(
+                "changing the options of PCI device {} for {} failed ({failed}), and putting the old assignment \
+                 back failed too: {} may have no assignment of it now. Check with `qvm-pci list {}` and assign it \
+                 again (`qvm-pci assign --required {} dom0:{}`)",
+                before.device_name(),
+                before.frontend,
+                before.frontend,
+                before.frontend,
+                before.frontend,
+                before.port
+            )))
         }
     }
+}
+
+fn log_changed(before: &Record, after: &Record) {
+    tracing::info!(
+        device = %after.device_name(),
+        qube = %after.frontend,
+        "options changed from [{}] to [{}]",
+        before.options.enabled().collect::<Vec<_>>().join(","),
+        after.options.enabled().collect::<Vec<_>>().join(","),
+    );
 }
 
 /// The assignment of `qube` that a call's argument names: same port and

@@ -195,11 +195,23 @@ impl Service {
         }
     }
 
-    /// One request to qubesd's Admin API as dom0; its refusal keeps its
-    /// exception name.
+    /// One change sent to qubesd's Admin API as dom0; its refusal keeps
+    /// its exception name. When qubesd had the whole request and gave no
+    /// answer, the change may or may not have been made: [`ApiError::Unanswered`].
     pub fn forward(&self, method: Method, arg: &str, dest: &QubeName, payload: &[u8]) -> Result<Output, ApiError> {
         tracing::debug!(%method, arg, %dest, "to qubesd");
-        match self.sources.qubesd().admin(&method.to_string(), arg, dest, payload)? {
+        let answer = self
+            .sources
+            .qubesd()
+            .admin(&method.to_string(), arg, dest, payload)
+            .map_err(|e| {
+                if e.was_sent() {
+                    ApiError::unanswered(&e)
+                } else {
+                    e.into()
+                }
+            })?;
+        match answer {
             qubesd_wire::Answer::Ok(_) => Ok(Output::Empty),
             qubesd_wire::Answer::Refused { name, message } => Err(ApiError::Relayed { name, message }),
         }

@@ -303,7 +303,13 @@ impl TestEnv {
 
     /// `qubes-pci-admin call --source SRC --target DEST METHOD`.
     pub fn call(&self, source: &str, target: &str, method: &str, payload: &[u8]) -> Output {
+        self.call_with(&[], source, target, method, payload)
+    }
+
+    /// `call`, with more settings in the environment.
+    pub fn call_with(&self, vars: &[(&str, &str)], source: &str, target: &str, method: &str, payload: &[u8]) -> Output {
         let mut c = self.command(Path::new(BIN));
+        c.envs(vars.iter().copied());
         c.args(["call", "--source", source, "--target", target, method]);
         run(c, payload)
     }

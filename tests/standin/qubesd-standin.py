@@ -16,8 +16,9 @@ replaces atomically after every change, as qubesd does:
                    Set.assignment,Attach,Detach}, admin.vm.property.Get
                    and .Set (virt_mode), admin.vm.Start, admin.vm.Kill
   internal socket: internal.GetSystemInfo
-  test hook:       standin.FailNext+METHOD[=silent] makes the next call of
-                   METHOD fail (QubesException, or no reply at all)
+  test hook:       standin.FailNext+METHOD[=silent|=late] makes the next
+                   call of METHOD fail (QubesException, or no reply at all),
+                   or (late) do what it asks and answer 2 s later
 
 It holds what qubesd holds: features as strings (`internal` is "1" on
 default-mgmt-dvm), virt_mode with its default flag (pvh until the first PCI
@@ -46,9 +47,11 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 
 MAX_REQUEST = 65536
+LATE_SECONDS = 2
 MODES = ("required", "ask-to-attach", "auto-attach", "manual")
 LOCK = threading.Lock()
 
@@ -168,6 +171,7 @@ class State:
                     if port != "*" and not is_pci_path(sysfs, port):
                         node.set("id", sbdf_to_path(sysfs, port) or port)
         self.running = {"dom0": []}  # qube -> attached assignments (dicts)
+        self.late = False  # the call being answered answers late (test hook)
         self.fail_next = {}  # method -> "error" | "silent" (test hook)
 
     # -- the file ----------------------------------------------------------
@@ -303,7 +307,9 @@ class State:
         how = self.fail_next.pop(method, None)
         if how == "silent":
             raise NoReply()
-        if how:
+        if how == "late":
+            self.late = True
+        elif how:
             raise Refused("QubesException", "injected failure")
         if method == "internal.GetSystemInfo":
             return self.system_info()
@@ -414,6 +420,7 @@ def make_handler(state, log, internal):
             if dest_type != "name":
                 return
             method, _, arg = meth_arg.partition("+")
+            late = False
             if method.startswith("internal.") != internal:
                 reply = b"2\0ProtocolError\0\0no such method\0"
             else:
@@ -424,6 +431,7 @@ def make_handler(state, log, internal):
                                                 "payload": payload.decode("latin-1")}) + "\n")
                     try:
                         reply = b"0\0" + state.handle(method, arg, src, dest, payload).encode()
+                        late, state.late = state.late, False
                     except Refused as e:
                         reply = b"2\0" + e.name.encode() + b"\0\0" + e.message.encode() + b"\0"
                     except NoReply:
@@ -431,6 +439,8 @@ def make_handler(state, log, internal):
                     except Exception as e:  # noqa: BLE001 - upstream: logged, no reply
                         print(f"qubesd-standin: {method}: {type(e).__name__}: {e}", file=sys.stderr)
                         return
+            if late:
+                time.sleep(LATE_SECONDS)
             self.request.sendall(reply)
 
     return Handler
