@@ -206,6 +206,30 @@ impl<T> Kept<T> {
     }
 }
 
+/// The inode of the initial user namespace (`PROC_USER_INIT_INO`, fixed
+/// by the kernel).
+const INIT_USER_NS: &str = "user:[4026531837]";
+
+/// Whether the kernel's device events reach this process: the kernel sends
+/// them to the network namespaces owned by the initial user namespace
+/// (`uevent_net_broadcast_untagged`), so a private network namespace
+/// (systemd's `PrivateNetwork=`) gets them, one in a user namespace of its
+/// own (`PrivateUsers=`) does not. Read from `<procfs>/self/ns/user`;
+/// `Err` says why they do not, or why that cannot be told (then they are
+/// taken not to).
+pub fn kernel_uevents_reach(procfs: &std::path::Path) -> Result<(), String> {
+    let link = procfs.join("self/ns/user");
+    match std::fs::read_link(&link) {
+        Ok(ns) if ns.as_os_str() == INIT_USER_NS => Ok(()),
+        Ok(ns) => Err(format!(
+            "it runs in a user namespace of its own ({}), whose network namespaces the kernel sends no device \
+             events to",
+            ns.display()
+        )),
+        Err(e) => Err(format!("cannot tell its user namespace from {}: {e}", link.display())),
+    }
+}
+
 /// The kernel's device events (uevents): a netlink socket for the real
 /// `/sys`, or, for a test tree, a datagram socket that a test writes
 /// uevent messages to. Only PCI events count.
@@ -262,6 +286,20 @@ fn is_pci_event(msg: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uevents_reach_only_the_initial_user_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = dir.path().join("self/ns");
+        std::fs::create_dir_all(&ns).unwrap();
+        assert!(kernel_uevents_reach(dir.path()).is_err(), "unknown: not believed");
+        std::os::unix::fs::symlink("user:[4026531837]", ns.join("user")).unwrap();
+        assert_eq!(kernel_uevents_reach(dir.path()), Ok(()));
+        std::fs::remove_file(ns.join("user")).unwrap();
+        std::os::unix::fs::symlink("user:[4026532412]", ns.join("user")).unwrap();
+        let why = kernel_uevents_reach(dir.path()).unwrap_err();
+        assert!(why.contains("user namespace of its own"), "{why}");
+    }
 
     #[test]
     fn edits_additions_removals_and_replacements_are_seen() {

@@ -604,3 +604,43 @@ fn exec_mode_hands_calls_to_the_daemon_and_falls_back_when_none_answers() {
     assert!(text.contains("check with qvm-pci list"), "{text:?}");
     assert_eq!(broken.status.code(), Some(0));
 }
+
+/// The daemon keeps dom0's devices between calls only where the kernel's
+/// device events reach it: its user namespace is the initial one (the
+/// kernel sends them to every network namespace that namespace owns, a
+/// private one included). In a user namespace of its own (`PrivateUsers=`)
+/// it never believes it gets them, and reads the devices on every call.
+#[test]
+fn the_daemon_keeps_devices_only_where_device_events_reach_it() {
+    let procfs = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(procfs.path().join("self/ns")).unwrap();
+    let config = |procfs: &Path| qubes_pci_admin::Config {
+        sysfs: PathBuf::from("/sys"),
+        procfs: procfs.to_owned(),
+        qubesd_socket: PathBuf::from("none"),
+        qubesd_internal_socket: PathBuf::from("none"),
+        qubesd_timeout_ms: 1000,
+        read_deadline_ms: 1000,
+        qubes_xml: PathBuf::from("none"),
+        policy_dirs: Vec::new(),
+        system_info: None,
+        daemon_socket: PathBuf::from("none"),
+        pci_ids: None,
+    };
+    let keeps = |p: &Path| qubes_pci_admin::api::Sources::resident(config(p), None).keeps_devices();
+    assert!(!keeps(procfs.path()), "cannot tell: read on every call");
+    std::os::unix::fs::symlink("user:[4026532999]", procfs.path().join("self/ns/user")).unwrap();
+    assert!(!keeps(procfs.path()), "a user namespace of its own: read on every call");
+    std::fs::remove_file(procfs.path().join("self/ns/user")).unwrap();
+    std::os::unix::fs::symlink("user:[4026531837]", procfs.path().join("self/ns/user")).unwrap();
+    // The initial user namespace: events reach it, if a netlink socket can
+    // be had here at all (a sandbox may refuse one: then it reads on
+    // every call too, and says so).
+    let netlink = qubes_pci_admin::cache::Uevents::kernel().is_ok();
+    assert_eq!(keeps(procfs.path()), netlink);
+    // A test tree is told of changes by inotify alone: always kept.
+    let tree = FakeSysfs::standard();
+    let mut c = config(procfs.path());
+    c.sysfs = tree.root().to_owned();
+    assert!(qubes_pci_admin::api::Sources::resident(c, None).keeps_devices());
+}

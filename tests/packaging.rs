@@ -138,7 +138,7 @@ fn the_service_unit_is_a_sandboxed_notify_service() {
         "WatchdogSec=",
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
-        "RestrictAddressFamilies=AF_UNIX",
+        "RestrictAddressFamilies=AF_UNIX AF_NETLINK\n",
         "DynamicUser=yes",
         "SupplementaryGroups=qubes",
         "ProtectProc=invisible",
@@ -171,6 +171,16 @@ fn the_service_unit_is_a_sandboxed_notify_service() {
         }
         _ => println!("skipped the systemd-analyze rating: systemd-analyze is not installed here"),
     }
+    // The daemon's device cache follows the kernel's device events: its
+    // netlink socket is allowed, and its network namespace stays owned by
+    // the initial user namespace (no PrivateUsers=), which the kernel sends
+    // them to (the daemon checks that when it starts: tests/daemon.rs).
+    let set = |key: &str| unit.lines().any(|l| l.trim_start().starts_with(&format!("{key}=")));
+    assert!(
+        !set("PrivateUsers"),
+        "PrivateUsers= would keep the kernel's device events away"
+    );
+    assert!(unit.contains("RestrictAddressFamilies=AF_UNIX AF_NETLINK\n"));
     // It keeps no state of its own: nothing is writable.
     assert!(!unit.contains("ReadWritePaths") && !unit.contains("StateDirectory"));
     // What it reads by default is qubesd's.

@@ -111,10 +111,9 @@ fn replace(svc: &Service, before: &Record, after: &Record) -> Result<Output, Api
         log_changed(before, after);
         return Ok(Output::Empty);
     }
-    let restored =
-        send_assign(svc, before)
-            .map(drop)
-            .or_else(|restore| if holds(before)? { Ok(()) } else { Err(restore) });
+    let restored = send_assign(svc, before)
+        .map(drop)
+        .or_else(|restore| if holds(before)? { Ok(()) } else { Err(restore) });
     match restored {
         Ok(()) => Err(failed),
         Err(restore) => {

@@ -73,15 +73,26 @@ impl Sources {
         let real_sys = config.sysfs == Path::new("/sys");
         let uevents = match uevents {
             Some(u) => Some(u),
-            None if real_sys => match Uevents::kernel() {
-                Ok(u) => Some(u),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot subscribe to the kernel's device events ({e}); devices are read on every call"
-                    );
-                    None
+            None if real_sys => {
+                match crate::cache::kernel_uevents_reach(&config.procfs) {
+                    Err(why) => {
+                        tracing::warn!("the kernel's device events do not reach this daemon ({why}); devices are read on every call");
+                        None
+                    }
+                    Ok(()) => match Uevents::kernel() {
+                        Ok(u) => {
+                            tracing::info!("dom0's devices are kept until the kernel's device events say they changed");
+                            Some(u)
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "cannot subscribe to the kernel's device events ({e}); devices are read on every call"
+                            );
+                            None
+                        }
+                    },
                 }
-            },
+            }
             None => None,
         };
         let devices = match (real_sys, uevents) {
@@ -100,6 +111,13 @@ impl Sources {
 
     pub fn qubesd(&self) -> &Qubesd {
         &self.qubesd
+    }
+
+    /// Whether the daemon keeps dom0's devices between calls (told of
+    /// changes by the kernel's device events, a test's socket, or, for a
+    /// test tree, inotify alone) rather than reading them on every call.
+    pub fn keeps_devices(&self) -> bool {
+        self.kept.as_deref().is_some_and(|k| k.devices.is_some())
     }
 
     /// qubesd's qubes.xml as qubesd holds it (R4.2's BDF port ids
