@@ -425,6 +425,38 @@ fn stalled_connections_do_not_starve_the_daemon() {
     drop(stalled);
 }
 
+/// Past the 512 connections the reading thread holds, the oldest stalled
+/// one is cut off for each new one: a caller that sends its request at once
+/// is answered at once however many stall (before, it waited for the
+/// stalled ones' deadline), and the ones cut off are told why.
+#[test]
+fn seven_hundred_stalled_connections_do_not_delay_a_legitimate_call() {
+    let env = policy_env();
+    let d = Daemon::start(
+        &env,
+        &["--workers", "4", "--header-deadline-ms", "20000", "--read-deadline-ms", "20000"],
+        &[],
+    );
+    let mut stalled: Vec<UnixStream> = (0..700).map(|_| UnixStream::connect(&d.socket).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let got = sock_call(&d.socket, "admin.vm.device.pci.Available mgmt keyword adminvm", b"").unwrap();
+    let took = start.elapsed();
+    assert!(got.starts_with(b"0\0"), "{}", String::from_utf8_lossy(&got));
+    assert!(took < Duration::from_secs(3), "a legitimate call waited {took:?}");
+    // The oldest were cut off with a typed reply saying why.
+    let first = stalled.first_mut().unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    let _ = first.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("2\0ProtocolError\0") && reply.contains("oldest"),
+        "{reply}"
+    );
+    drop(stalled);
+}
+
 #[test]
 fn a_connection_that_sends_no_header_is_cut_off_at_the_header_deadline() {
     let env = policy_env();

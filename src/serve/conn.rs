@@ -18,6 +18,9 @@ pub enum ReadFailure {
     HeaderDeadline,
     /// The header came, the rest not before the read deadline.
     Deadline,
+    /// Cut off before its deadline to make room: the oldest of too many
+    /// connections still sending their requests.
+    Crowded,
     Decode(DecodeError),
     Io(std::io::Error),
 }
@@ -87,6 +90,16 @@ impl Pending {
     }
 
     /// The deadline passed.
+    /// When it was accepted.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Cut off to make room for newer connections.
+    pub fn evict(self) -> Job {
+        Job::Failed(self.stream, ReadFailure::Crowded)
+    }
+
     pub fn cut_off(self) -> Job {
         let why = if self.header_done {
             ReadFailure::Deadline
@@ -130,6 +143,12 @@ pub fn handle(job: Job, svc: &Service, opts: &ServeOptions) -> bool {
                 "request not complete within {} ms: send the header, a NUL and the payload, then close your end",
                 opts.read_deadline.as_millis()
             );
+            (stream, Reply::error(ExceptionKind::ProtocolError, msg).encode(), false)
+        }
+        Job::Failed(stream, ReadFailure::Crowded) => {
+            tracing::warn!("too many connections were still sending their requests; the oldest was cut off");
+            let msg = "cut off before the deadline: too many connections were still sending their requests, and \
+                       this was the oldest. Send the header, a NUL and the payload at once, then close your end";
             (stream, Reply::error(ExceptionKind::ProtocolError, msg).encode(), false)
         }
         Job::Failed(stream, ReadFailure::Decode(e)) => (stream, svc.answer(Err(e)).bytes, false),

@@ -120,9 +120,10 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 /// hands the connection to the reading thread.
 const FAST_WAIT: Duration = Duration::from_millis(2);
 
-/// Connections read by the reading thread at the same time; past this,
-/// workers accept no more until some finish (they wait in the listen
-/// backlog).
+/// Connections read by the reading thread at the same time; past this, the
+/// oldest is cut off for each new one. Workers never stop accepting, so a
+/// caller that sends its request at once is answered however many others
+/// stall (they would otherwise hold every place until their deadline).
 const MAX_PENDING: usize = 512;
 
 /// A wake-up line between threads: a datagram per wake-up.
@@ -300,6 +301,14 @@ impl Reader<'_> {
         if let Ok(mut slow) = self.shared.slow.lock() {
             self.pending.append(&mut slow);
         }
+        let over = self.pending.len().saturating_sub(MAX_PENDING);
+        if over > 0 {
+            self.pending.sort_by_key(|p| p.started());
+            let oldest: Vec<Pending> = self.pending.drain(..over).collect();
+            for p in oldest {
+                self.finish(p.evict());
+            }
+        }
     }
 
     fn finish(&self, job: Job) {
@@ -393,8 +402,7 @@ fn worker(shared: &Shared, svc: &Service) {
             }
             continue;
         }
-        let room = shared.pending.load(Ordering::SeqCst) < MAX_PENDING;
-        let accepting = !stopping && room;
+        let accepting = !stopping;
         // The stop bell wakes a worker waiting on the listener at the stop;
         // once stopping, only jobs matter.
         let mut fds = vec![PollFd::new(shared.jobs_bell.rx.as_fd(), PollFlags::POLLIN)];
@@ -404,12 +412,7 @@ fn worker(shared: &Shared, svc: &Service) {
         if accepting {
             fds.push(PollFd::new(shared.listener.as_fd(), PollFlags::POLLIN));
         }
-        let wait = match (stopping, room) {
-            (true, _) => 100,
-            (false, true) => 1000,
-            // Full: look again soon.
-            (false, false) => 5,
-        };
+        let wait = if stopping { 100 } else { 1000 };
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
         if poll(&mut fds, timeout).is_err() {
             continue;
