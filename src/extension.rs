@@ -59,6 +59,9 @@ pub fn gather(config: &Config, kind: Kind, untrusted: &ExtensionFacts) -> Result
             .filter_map(|p| PciPath::parse(p).ok())
             .collect(),
         memory_balancing: untrusted.memory_balancing,
+        memory_mb: untrusted.dest_memory,
+        maxmem_mb: untrusted.dest_maxmem,
+        devices_denied: untrusted.dest_devices_denied.clone(),
         name,
     };
     let stored = |facts: &[AssignmentFact]| -> Vec<Record> { facts.iter().filter_map(stored_record).collect() };
@@ -99,6 +102,10 @@ pub fn gather(config: &Config, kind: Kind, untrusted: &ExtensionFacts) -> Result
         &target,
         wanted,
     );
+    let hidden = match rule {
+        Rule::Start => crate::gather::hidden(&config.sysfs, &config.procfs)?,
+        _ => None,
+    };
     let facts = Facts {
         source,
         dest,
@@ -106,6 +113,7 @@ pub fn gather(config: &Config, kind: Kind, untrusted: &ExtensionFacts) -> Result
         assignments,
         running,
         grants,
+        hidden,
     };
     Ok((rule, facts))
 }

@@ -55,6 +55,18 @@ pub fn with_dom0_uses(
         .collect())
 }
 
+/// What dom0's kernel command line (`<procfs>/cmdline`) hides at boot,
+/// among the devices present; `None` when it cannot be read.
+pub fn hidden(sysfs: &Path, procfs: &Path) -> Result<Option<crate::rules::facts::Hidden>, ApiError> {
+    let Ok(cmdline) = std::fs::read_to_string(procfs.join("cmdline")) else {
+        return Ok(None);
+    };
+    let inventory = Inventory::scan(sysfs)?;
+    Ok(Some(crate::rules::facts::Hidden {
+        sbdfs: crate::pci::hide::HideOptions::parse(&cmdline).hidden(&inventory),
+    }))
+}
+
 /// The options among `wanted` that the policy lets `source` turn on for
 /// `target` (`admin.vm.device.pci.Option+NAME`, resolved to dom0); all of
 /// them for dom0. The policy is loaded only when a qube wants an option.

@@ -110,6 +110,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every problem that would stop QUBE's start with its PCI devices or
+    /// weaken it, judged by the rules that refuse starts. Exit status 0
+    /// when nothing blocks the start, 1 when something does, 2 when it
+    /// cannot tell (an unknown qube, qubesd unreachable).
+    Preflight {
+        qube: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the rd.qubes.hide_pci= option for dom0's kernel command line
+    /// that hides every present device with a required assignment from
+    /// dom0's drivers at boot, as PCI paths (the form Qubes R4.3's dracut
+    /// module resolves through the bridges; it also accepts SBDF
+    /// 0000:00:14.0 and BDF 00:14.0).
+    HideList {
+        /// Compare with the running kernel's command line (PROCFS/cmdline,
+        /// every form dracut accepts, network controllers and
+        /// rd.qubes.hide_all_usb included): exit 1 and name each device
+        /// assigned but not hidden, or hidden but not assigned; 0 when they
+        /// agree.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Compare every PCI assignment in qubesd's qubes.xml with the devices
+    /// present: moved (the device is at another port now), replaced
+    /// (another device is at its port) or gone. Changes nothing unless
+    /// --apply.
+    Reconcile {
+        #[arg(long)]
+        json: bool,
+        /// Re-point moved assignments through qubesd (same mode and options,
+        /// the new one assigned before the old one is removed); for the
+        /// others print the qvm-pci unassign command (never run).
+        #[arg(long)]
+        apply: bool,
+    },
     /// List dom0's PCI devices, like qvm-pci.
     List {
         /// One JSON object per device, in an array.
@@ -400,6 +436,9 @@ fn run_with(svc: Service, command: Command) -> anyhow::Result<ExitCode> {
             dry_run,
             json,
         } => cmd::assignments::assign_defaults(&svc, net.as_deref(), usb.as_deref(), dry_run, json),
+        Command::Preflight { qube, json } => cmd::diagnose::preflight(&svc, &qube, json),
+        Command::HideList { check } => cmd::diagnose::hide_list(&svc, check),
+        Command::Reconcile { json, apply } => cmd::diagnose::reconcile(&svc, json, apply),
         Command::List { json } => {
             cmd::inspect::list(&svc, json)?;
             Ok(ExitCode::SUCCESS)

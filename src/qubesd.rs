@@ -119,6 +119,27 @@ impl Qubesd {
         })
     }
 
+    /// A qube's property as `admin.vm.property.Get` answers it: the value
+    /// (possibly empty) and whether it is qubesd's default.
+    pub fn property(&self, qube: &QubeName, name: &str) -> Result<(String, bool), QubesdError> {
+        let method = "admin.vm.property.Get";
+        let body = expect_ok(method, self.admin(method, name, qube, b"")?)?;
+        let text = String::from_utf8_lossy(&body);
+        let mut f = text.splitn(3, ' ');
+        let default = match f.next() {
+            Some("default=True") => Some(true),
+            Some("default=False") => Some(false),
+            _ => None,
+        };
+        match (default, f.next().and_then(|t| t.strip_prefix("type="))) {
+            (Some(default), Some(_)) => Ok((f.next().unwrap_or_default().to_owned(), default)),
+            _ => Err(QubesdError::Unexpected {
+                method: method.to_owned(),
+                detail: format!("{name} of {qube} is {text:?}"),
+            }),
+        }
+    }
+
     /// What `admin.vm.device.pci.Attached` says of a qube, parsed.
     pub fn attached(&self, qube: &QubeName) -> Result<Vec<Assignment>, QubesdError> {
         let method = "admin.vm.device.pci.Attached";

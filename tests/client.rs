@@ -157,6 +157,19 @@ fn every_subcommand_in_both_protocols() {
             json(&client(&env, protocol, &["--json", "attached", "work"])),
             serde_json::json!([])
         );
+        // The NIC has no reset method, so the start check refuses work
+        // until its assignment carries no-strict-reset (set from dom0).
+        let refused = String::from_utf8_lossy(&env.qubesd("admin.vm.Start", "", "work", b"")).into_owned();
+        assert!(
+            refused.starts_with("2\0QubesException\0") && refused.contains("no reset method"),
+            "{refused}"
+        );
+        common::body_of(&env.call(
+            "dom0",
+            "work",
+            "admin.vm.device.pci.Assign+dom0+00_1f.6+0x8086+0x15a3++p020000",
+            b"mode='required' _no-strict-reset='True'",
+        ));
         env.set_power("work", "Running");
         let att = json(&client(&env, protocol, &["--json", "list", "work"]));
         assert!(att.as_array().unwrap().iter().all(|x| x["attached"] == true), "{att}");

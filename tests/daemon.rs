@@ -434,7 +434,14 @@ fn seven_hundred_stalled_connections_do_not_delay_a_legitimate_call() {
     let env = policy_env();
     let d = Daemon::start(
         &env,
-        &["--workers", "4", "--header-deadline-ms", "20000", "--read-deadline-ms", "20000"],
+        &[
+            "--workers",
+            "4",
+            "--header-deadline-ms",
+            "20000",
+            "--read-deadline-ms",
+            "20000",
+        ],
         &[],
     );
     let mut stalled: Vec<UnixStream> = (0..700).map(|_| UnixStream::connect(&d.socket).unwrap()).collect();

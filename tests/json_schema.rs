@@ -102,6 +102,24 @@ fn every_json_output_follows_the_schema() {
         "{skipped}"
     );
     check("defaults", &skipped, "assign-defaults --usb none --json");
+    // work with a NIC that has no reset method, and one that is gone.
+    for arg in ["dom0+00_1f.6", "dom0+00_15.0"] {
+        let _ = env.call(
+            "dom0",
+            "work",
+            &format!("admin.vm.device.pci.Assign+{arg}"),
+            b"mode='required'",
+        );
+    }
+    let out = env.cli(&["preflight", "--json", "work"], b"");
+    let preflight = json_of(&out, "preflight");
+    assert!(!preflight["problems"].as_array().unwrap().is_empty(), "{preflight}");
+    check("preflight", &preflight, "preflight --json");
+    check(
+        "reconcile",
+        &json_of(&env.cli(&["reconcile", "--json"], b""), "reconcile"),
+        "reconcile --json",
+    );
     for (s, t, svc) in [
         ("mgmt", "@adminvm", "admin.vm.device.pci.Available"),
         ("work", "sys-net", "admin.vm.device.pci.Assign+dom0+00_14.0"),

@@ -105,6 +105,15 @@ pub struct ExtensionFacts {
     /// The destination has `maxmem` set (memory balancing).
     #[serde(default)]
     pub memory_balancing: bool,
+    /// The destination's `memory` and `maxmem`, in MiB.
+    #[serde(default)]
+    pub dest_memory: Option<u64>,
+    #[serde(default)]
+    pub dest_maxmem: Option<u64>,
+    /// The destination's `devices_denied`: 7-character interface patterns
+    /// run together (`p02****`).
+    #[serde(default)]
+    pub dest_devices_denied: String,
     /// The device the event names.
     #[serde(default)]
     pub device: Option<DeviceFact>,

@@ -37,6 +37,7 @@ pub(super) fn assign(svc: &Service, call: &Call) -> Result<Output, ApiError> {
             virt_mode: new.mode == AssignmentMode::Required,
             assignments: true,
             attached: false,
+            denied: new.mode == AssignmentMode::Required,
         },
     )?;
     let decision = decide(&Kind::Assign(new.clone()), &facts)?;
@@ -207,6 +208,7 @@ pub(super) fn set_mode(svc: &Service, call: &Call) -> Result<Output, ApiError> {
         Needs {
             ports: &[&new.port],
             virt_mode: mode == AssignmentMode::Required,
+            denied: mode == AssignmentMode::Required,
             assignments: true,
             ..Needs::default()
         },

@@ -229,6 +229,7 @@ fn check_only(svc: &Service, record: &Record) -> Result<(), ApiError> {
         Needs {
             ports: &[&record.port],
             virt_mode: true,
+            denied: true,
             assignments: true,
             ..Needs::default()
         },

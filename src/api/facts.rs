@@ -21,6 +21,8 @@ pub(super) struct Needs<'a> {
     pub assignments: bool,
     /// The devices the destination holds now.
     pub attached: bool,
+    /// The destination's `devices_denied` (assignments).
+    pub denied: bool,
 }
 
 /// The destination of `call` and what `needs` asks for, read now.
@@ -56,6 +58,11 @@ pub(super) fn gather(sources: &Sources, call: &Call, needs: Needs) -> Result<Fac
     } else {
         Vec::new()
     };
+    let devices_denied = if needs.denied && !admin_vm {
+        sources.qubesd().property(&name, "devices_denied")?.0
+    } else {
+        String::new()
+    };
     let assignments = if needs.assignments {
         sources.qubes_xml()?.records()
     } else {
@@ -77,11 +84,13 @@ pub(super) fn gather(sources: &Sources, call: &Call, needs: Needs) -> Result<Fac
             virt_mode,
             running,
             attached,
-            memory_balancing: false,
+            devices_denied,
+            ..Dest::named(call.dest.clone())
         },
         present,
         assignments,
         running: Vec::new(),
         grants,
+        hidden: None,
     })
 }

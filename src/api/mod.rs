@@ -6,6 +6,7 @@ mod assign;
 mod attach;
 mod available;
 pub mod defaults;
+pub mod diagnose;
 mod facts;
 mod listing;
 mod sources;

@@ -89,6 +89,25 @@ impl PciDevice {
         })
     }
 
+    /// The kernel knows a way to reset it (`reset_method` lists one, or an
+    /// older kernel has a `reset` file).
+    pub fn can_reset(&self) -> bool {
+        match &self.reset {
+            Reset::Methods(m) => !m.is_empty(),
+            Reset::Unlisted => true,
+            Reset::None => false,
+        }
+    }
+
+    /// Its interface as upstream names it: `p` and the class code, or
+    /// `p******` when the class is unknown.
+    pub fn interface(&self) -> qubes_pci_rpc::Interface {
+        self.class.map_or_else(
+            qubes_pci_rpc::Interface::pci_unknown,
+            qubes_pci_rpc::Interface::pci_class,
+        )
+    }
+
     /// Any bridge (class 0x06xx), as `Available` marks it with `_bridge`.
     pub fn is_bridge(&self) -> bool {
         self.bridge_kind().is_some()

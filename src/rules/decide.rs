@@ -5,7 +5,7 @@
 
 use qubes_pci_rpc::{AssignmentMode, PciOptions, PciPath, QubeName};
 
-use super::facts::{Facts, Present, VirtMode};
+use super::facts::{Dest, Facts, Present, VirtMode};
 use super::Record;
 use crate::error::ApiError;
 
@@ -83,6 +83,22 @@ fn assign(new: &Record, facts: &Facts) -> Result<Decision, ApiError> {
     let name = new.device_name();
     required_only(new.mode, &facts.dest.name, &name)?;
     takes_pci(facts, &name)?;
+    if let Some(twin) = facts
+        .assignments
+        .iter()
+        .find(|r| r.frontend == new.frontend && r.port == new.port && !r.same_key(new))
+    {
+        return Err(ApiError::AlreadyAssigned(format!(
+            "PCI device dom0:{} is already assigned to {} as {}; a device twice in one qube makes libvirt refuse \
+             its start (\"Hostdev already exists\"). Change that assignment instead (`qvm-pci unassign {} {}`, \
+             then assign again)",
+            new.port,
+            new.frontend,
+            twin.device_name(),
+            new.frontend,
+            twin.device_name()
+        )));
+    }
     let before = facts.assignments.iter().find(|r| r.same_key(new)).cloned();
     let plan = match before {
         None => Plan::New,
@@ -215,6 +231,7 @@ fn device_may_go(new: &Record, facts: &Facts) -> Result<Vec<String>, ApiError> {
             dev.sbdf
         )));
     }
+    denied(&facts.dest, port, &dev.interface().to_string())?;
     let mut warnings = Vec::new();
     if !dom0_uses.is_empty() {
         let why: Vec<&str> = dom0_uses.iter().map(|u| u.what).collect();
@@ -254,10 +271,37 @@ fn device_may_go(new: &Record, facts: &Facts) -> Result<Vec<String>, ApiError> {
     Ok(warnings)
 }
 
-/// Whether the destination may start now with its `required`
-/// assignments, given the devices the other running qubes hold.
-/// Refusals name the device, the other qube and the fix.
-fn start(facts: &Facts) -> Result<Decision, ApiError> {
+/// How much a problem of a start matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The start is refused (or would fail).
+    Error,
+    /// The qube starts, weakened or at a risk worth knowing.
+    Warning,
+}
+
+/// One problem of a qube's start, with what to do about it.
+#[derive(Debug)]
+pub struct Problem {
+    /// A stable token: `device-missing`, `identity-mismatch`, `no-reset`,
+    /// `shared-function`, `in-use`, `dom0-uses`, `pvh`, `duplicate`,
+    /// `bridge`, `memory-over-3.5g`, `not-hidden`.
+    pub code: &'static str,
+    pub severity: Severity,
+    /// The device concerned, if any.
+    pub port: Option<PciPath>,
+    /// The refusal the start meets (its text says what to do).
+    pub refusal: ApiError,
+}
+
+/// HVMs with PCI devices are known to crash with more memory than this
+/// (qubes-issues #4321, #7624).
+const PCI_HVM_MEMORY_MB: u64 = 3584;
+
+/// Every problem that would stop the destination's start with its
+/// `required` assignments, or weaken it: what [`Kind::Start`] refuses on
+/// (the first error) and what `preflight` lists.
+pub fn start_problems(facts: &Facts) -> Vec<Problem> {
     let qube = &facts.dest.name;
     let mem = if facts.dest.memory_balancing {
         format!(
@@ -267,72 +311,242 @@ fn start(facts: &Facts) -> Result<Decision, ApiError> {
     } else {
         String::new()
     };
-    let mut warnings = Vec::new();
-    let required = facts
+    let mut out = Vec::new();
+    let mut problem = |code, severity, port: Option<&PciPath>, refusal| {
+        out.push(Problem {
+            code,
+            severity,
+            port: port.cloned(),
+            refusal,
+        })
+    };
+    let required: Vec<&Record> = facts
         .assignments
         .iter()
-        .filter(|r| &r.frontend == qube && r.mode == AssignmentMode::Required);
-    for r in required {
+        .filter(|r| &r.frontend == qube && r.mode == AssignmentMode::Required)
+        .collect();
+    if required.is_empty() {
+        return out;
+    }
+    if facts
+        .dest
+        .virt_mode
+        .is_some_and(|v| v.explicit && v.value == VirtMode::Pvh)
+    {
+        problem(
+            "pvh",
+            Severity::Error,
+            None,
+            ApiError::Qubes(format!(
+                "cannot start {qube} with PCI devices: it is set to run in pvh mode, which has no PCI passthrough. \
+                 Run `qvm-prefs {qube} virt_mode hvm` (or `qvm-prefs --default {qube} virt_mode`)"
+            )),
+        );
+    }
+    for (i, r) in required.iter().enumerate() {
+        if required.iter().take(i).any(|o| o.port == r.port) {
+            problem(
+                "duplicate",
+                Severity::Error,
+                Some(&r.port),
+                ApiError::Qubes(format!(
+                    "cannot start {qube}: PCI device dom0:{} is assigned to it twice (once as {}); libvirt refuses \
+                     a device twice (\"Hostdev already exists\"). Unassign one (`qvm-pci unassign {qube} {}`)",
+                    r.port,
+                    r.device_name(),
+                    r.device_name()
+                )),
+            );
+            continue;
+        }
         let Some(Present { device: dev, dom0_uses }) =
             facts.at(&r.port).filter(|p| r.device_id.matches(&p.device.device_id()))
         else {
-            let found = facts.at(&r.port).map_or("no device is there".to_owned(), |p| {
-                format!("{} is there instead", p.device.device_id())
-            });
-            return Err(ApiError::DeviceNotFound(format!(
-                "cannot start {qube}: its required PCI device {} is not present ({found}). Connect the device, \
-                 or unassign it (`qvm-pci unassign {qube} dom0:{}`) to start without it.{mem}",
-                r.device_name(),
-                r.port
-            )));
+            let (code, found) = match facts.at(&r.port) {
+                Some(p) => (
+                    "identity-mismatch",
+                    format!("{} is there instead", p.device.device_id()),
+                ),
+                None => ("device-missing", "no device is there".to_owned()),
+            };
+            problem(
+                code,
+                Severity::Error,
+                Some(&r.port),
+                ApiError::DeviceNotFound(format!(
+                    "cannot start {qube}: its required PCI device {} is not present ({found}). Connect the device, \
+                     or unassign it (`qvm-pci unassign {qube} dom0:{}`) to start without it \
+                     (`qubes-pci-admin reconcile` finds a device that moved).{mem}",
+                    r.device_name(),
+                    r.port
+                )),
+            );
+            continue;
         };
         if let Some(kind) = dev.bridge_kind() {
-            return Err(ApiError::Value(format!(
-                "cannot start {qube}: its required PCI device dom0:{} ({}) is a {kind}, and bridges stay in dom0. \
-                 Unassign it (`qvm-pci unassign {qube} dom0:{}`) and assign the device behind it instead.{mem}",
-                r.port, dev.sbdf, r.port
-            )));
+            problem(
+                "bridge",
+                Severity::Error,
+                Some(&r.port),
+                ApiError::Value(format!(
+                    "cannot start {qube}: its required PCI device dom0:{} ({}) is a {kind}, and bridges stay in \
+                     dom0. Unassign it (`qvm-pci unassign {qube} dom0:{}`) and assign the device behind it \
+                     instead.{mem}",
+                    r.port, dev.sbdf, r.port
+                )),
+            );
+            continue;
         }
         if !dom0_uses.is_empty() {
             let why: Vec<&str> = dom0_uses.iter().map(|u| u.what).collect();
-            warnings.push(format!(
-                "{qube} starts with dom0:{} ({}), which dom0 itself uses ({})",
-                r.port,
-                dev.sbdf,
-                why.join("; ")
-            ));
+            problem(
+                "dom0-uses",
+                Severity::Warning,
+                Some(&r.port),
+                ApiError::Qubes(format!(
+                    "{qube} starts with dom0:{} ({}), which dom0 itself uses ({}): dom0 loses it. Unassign it \
+                     (`qvm-pci unassign {qube} dom0:{}`) unless that is meant",
+                    r.port,
+                    dev.sbdf,
+                    why.join("; "),
+                    r.port
+                )),
+            );
+        }
+        if !dev.can_reset() && !r.options.no_strict_reset {
+            problem(
+                "no-reset",
+                Severity::Error,
+                Some(&r.port),
+                ApiError::Qubes(format!(
+                    "cannot start {qube}: PCI device dom0:{} ({}) has no reset method (no FLR, PM or bus reset: \
+                     its reset_method is empty), and Xen refuses to hand over a device it cannot reset. If you \
+                     accept that it may carry state between qubes, assign it with no-strict-reset \
+                     (`qvm-pci unassign {qube} dom0:{}`, then `qvm-pci assign --required -o \
+                     no-strict-reset=True {qube} dom0:{}`).{mem}",
+                    r.port, dev.sbdf, r.port, r.port
+                )),
+            );
         }
         let others = facts.running.iter().filter(|h| &h.frontend != qube);
         if let Some(h) = others.clone().find(|h| h.port == r.port) {
-            return Err(ApiError::Qubes(format!(
-                "cannot start {qube}: PCI device {} ({}) is in use by {}, which is running; a device can be used \
-                 by one running qube at a time. Shut {} down first, or unassign the device from one of them.{mem}",
-                r.device_name(),
-                dev.sbdf,
-                h.frontend,
-                h.frontend
-            )));
+            problem(
+                "in-use",
+                Severity::Error,
+                Some(&r.port),
+                ApiError::Qubes(format!(
+                    "cannot start {qube}: PCI device {} ({}) is in use by {}, which is running; a device can be \
+                     used by one running qube at a time. Shut {} down first, or unassign the device from one of \
+                     them.{mem}",
+                    r.device_name(),
+                    dev.sbdf,
+                    h.frontend,
+                    h.frontend
+                )),
+            );
         }
-        let shared = others
+        let shared_running = others
             .clone()
             .find(|h| h.port.is_sibling(&r.port) && !(h.options.no_strict_reset && r.options.no_strict_reset));
-        if let Some(h) = shared {
-            return Err(ApiError::Qubes(format!(
-                "cannot start {qube}: PCI device {} ({}) is a function of the same physical device as dom0:{}, \
-                 which {} is using, and resetting one function resets both. Shut {} down first, assign all \
-                 functions to one qube, or give both assignments -o no-strict-reset=True.{mem}",
-                r.device_name(),
-                dev.sbdf,
-                h.port,
-                h.frontend,
-                h.frontend
-            )));
+        let shared_assigned = facts.assignments.iter().find(|h| {
+            &h.frontend != qube
+                && h.mode == AssignmentMode::Required
+                && h.port.is_sibling(&r.port)
+                && !(h.options.no_strict_reset && r.options.no_strict_reset)
+        });
+        match (shared_running, shared_assigned) {
+            (Some(h), _) => problem(
+                "shared-function",
+                Severity::Error,
+                Some(&r.port),
+                ApiError::Qubes(format!(
+                    "cannot start {qube}: PCI device {} ({}) is a function of the same physical device as dom0:{}, \
+                     which {} is using, and resetting one function resets both. Shut {} down first, assign all \
+                     functions to one qube, or give both assignments -o no-strict-reset=True.{mem}",
+                    r.device_name(),
+                    dev.sbdf,
+                    h.port,
+                    h.frontend,
+                    h.frontend
+                )),
+            ),
+            (None, Some(h)) => problem(
+                "shared-function",
+                Severity::Warning,
+                Some(&r.port),
+                ApiError::Qubes(format!(
+                    "PCI device dom0:{} is a function of the same physical device as dom0:{}, which {} requires: \
+                     whichever of the two starts second is refused. Assign all functions to one qube, or give both \
+                     assignments -o no-strict-reset=True",
+                    r.port, h.port, h.frontend
+                )),
+            ),
+            (None, None) => {}
+        }
+        if let Some(hidden) = &facts.hidden {
+            if !hidden.sbdfs.contains(&dev.sbdf) {
+                problem(
+                    "not-hidden",
+                    Severity::Warning,
+                    Some(&r.port),
+                    ApiError::Qubes(format!(
+                        "dom0:{} ({}) is not hidden from dom0's drivers at boot, so dom0 uses it until {qube} starts \
+                         (and may hold state in it): add it to rd.qubes.hide_pci= on dom0's kernel command line \
+                         (`qubes-pci-admin hide-list` prints the option)",
+                        r.port, dev.sbdf
+                    )),
+                );
+            }
+        }
+    }
+    let hvm = facts.dest.virt_mode.is_none_or(|v| v.value == VirtMode::Hvm);
+    let most = facts.dest.memory_mb.max(facts.dest.maxmem_mb).unwrap_or(0);
+    if hvm && most > PCI_HVM_MEMORY_MB {
+        problem(
+            "memory-over-3.5g",
+            Severity::Warning,
+            None,
+            ApiError::Qubes(format!(
+                "{qube} is an HVM with PCI devices and up to {most} MB of memory: such qubes are known to crash above \
+                 about 3.5 GB (qubes-issues #4321). If it does, `qvm-prefs {qube} memory 3584` and `qvm-prefs \
+                 {qube} maxmem 0`"
+            )),
+        );
+    }
+    out
+}
+
+/// Whether the destination may start now: refused on the first error of
+/// [`start_problems`], with the warnings noted.
+fn start(facts: &Facts) -> Result<Decision, ApiError> {
+    let mut warnings = Vec::new();
+    for p in start_problems(facts) {
+        match p.severity {
+            Severity::Error => return Err(p.refusal),
+            Severity::Warning => warnings.push(p.refusal.to_string()),
         }
     }
     Ok(Decision {
         plan: Plan::Proceed,
         warnings,
     })
+}
+
+/// The destination's `devices_denied` list (R4.3) holds for PCI
+/// assignments too (upstream checks it only for Attach).
+fn denied(dest: &Dest, port: &PciPath, interface: &str) -> Result<(), ApiError> {
+    match dest.denied_by(interface) {
+        None => Ok(()),
+        Some(pattern) => Err(ApiError::PermissionDenied {
+            message: format!(
+                "PCI device dom0:{port} (interface {interface}) cannot be assigned to {}: its devices_denied list \
+                 has {pattern}. A dom0 administrator can remove it (`qvm-device {} deny --revoke …`) or assign \
+                 another device",
+                dest.name, dest.name
+            ),
+            skippable: false,
+        }),
+    }
 }
 
 /// The refusal of an option the policy does not grant.

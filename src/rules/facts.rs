@@ -51,6 +51,12 @@ pub struct Dest {
     /// `maxmem` is set: memory balancing, which a qube with PCI devices
     /// cannot use.
     pub memory_balancing: bool,
+    /// `memory` and `maxmem` in MiB, when known.
+    pub memory_mb: Option<u64>,
+    pub maxmem_mb: Option<u64>,
+    /// `devices_denied` as qubesd holds it: 7-character interface patterns
+    /// run together (`p02****u03****`), `*` matching any character.
+    pub devices_denied: String,
 }
 
 impl Dest {
@@ -63,8 +69,33 @@ impl Dest {
             running: false,
             attached: Vec::new(),
             memory_balancing: false,
+            memory_mb: None,
+            maxmem_mb: None,
+            devices_denied: String::new(),
         }
     }
+
+    /// The `devices_denied` pattern the interface matches, if any (as
+    /// upstream's `DeviceInterface.matches`: same length, `*` matches any
+    /// character). An unknown interface (`p******`) can match no pattern
+    /// but `*`s, so with any pattern set it is taken as denied: what cannot
+    /// be checked against the list is refused, as upstream does.
+    pub fn denied_by(&self, interface: &str) -> Option<&str> {
+        let patterns = self.devices_denied.as_bytes().chunks(7);
+        let unknown = interface.get(1..).is_some_and(|c| c.bytes().all(|b| b == b'*'));
+        patterns.filter_map(|p| std::str::from_utf8(p).ok()).find(|p| {
+            unknown
+                || (p.len() == interface.len() && p.bytes().zip(interface.bytes()).all(|(a, b)| a == b'*' || a == b))
+        })
+    }
+}
+
+/// What dom0's kernel command line hides from dom0's drivers at boot
+/// (`rd.qubes.hide_pci=`, plus the network controllers, and the USB
+/// controllers with `rd.qubes.hide_all_usb`, less `rd.qubes.dom0_usb=`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hidden {
+    pub sbdfs: std::collections::BTreeSet<qubes_pci_rpc::Sbdf>,
 }
 
 /// A PCI function present in dom0 and what dom0 itself uses it for.
@@ -91,6 +122,8 @@ pub struct Facts {
     /// The options dom0's policy lets the source turn on for the
     /// destination (`admin.vm.device.pci.Option+NAME`); all for dom0.
     pub grants: PciOptions,
+    /// What dom0's kernel hides at boot; `None` when not read.
+    pub hidden: Option<Hidden>,
 }
 
 impl Facts {

@@ -7,7 +7,7 @@ pub mod decide;
 pub mod facts;
 pub mod record;
 
-pub use decide::{decide, Decision, Kind, Plan, OPTION_SERVICE};
+pub use decide::{decide, start_problems, Decision, Kind, Plan, Problem, Severity, OPTION_SERVICE};
 pub use facts::{Dest, Facts, Present, Setting, VirtMode};
 pub use record::{Record, RecordError};
 

@@ -3,6 +3,7 @@
 
 use qubes_pci_rpc::{AssignmentMode, DeviceId, PciOptions, PciPath, QubeName, Sbdf, Wild};
 
+use super::facts::Hidden;
 use super::*;
 use crate::pci::dom0_use::Dom0Use;
 use crate::pci::{PciDevice, Reset};
@@ -90,6 +91,7 @@ fn facts() -> Facts {
         assignments: Vec::new(),
         running: Vec::new(),
         grants: PciOptions::default(),
+        hidden: None,
     }
 }
 
@@ -323,14 +325,29 @@ fn dom0_may_assign_what_it_uses_with_a_warning_and_several_assignees_are_noted()
     let d = decide(&Kind::Assign(req("work", "00_1f.6")), &facts()).unwrap();
     assert!(d.warnings.is_empty());
     // The same device already assigned to the same qube under another
-    // identity does not count as another assignee.
+    // spelling (pinned to its id, here by port alone): refused, since
+    // libvirt refuses a device twice ("Hostdev already exists").
     let mut f = facts();
     f.assignments.push(Record {
         device_id: id_of(&f.present[0].device),
         ..req("work", "00_1f.6")
     });
-    let d = decide(&Kind::Assign(req("work", "00_1f.6")), &f).unwrap();
-    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let (kind, msg) = refusal(&Kind::Assign(req("work", "00_1f.6")), &f);
+    assert_eq!(kind, "DeviceAlreadyAssigned");
+    assert!(
+        msg.contains("Hostdev already exists") && msg.contains("0x8086:0x1234"),
+        "{msg}"
+    );
+    // The other way round, too; another qube's is no twin.
+    let mut f = facts();
+    f.assignments.push(req("work", "00_1f.6"));
+    let pinned = Record {
+        device_id: id_of(&f.present[0].device),
+        ..req("work", "00_1f.6")
+    };
+    assert_eq!(refusal(&Kind::Assign(pinned.clone()), &f).0, "DeviceAlreadyAssigned");
+    f.assignments[0].frontend = q("sys-net");
+    assert_eq!(plan(&Kind::Assign(pinned), &f), Plan::New);
 }
 
 #[test]
@@ -540,4 +557,161 @@ fn classes_of_the_installer_defaults() {
     let mut unknown = device("00_14.0", 0);
     unknown.class = None;
     assert!(!is_usb(&unknown) && !is_network(&unknown));
+}
+
+#[test]
+fn start_problems_each_with_its_code_and_severity() {
+    type Change = fn(&mut Facts);
+    let rows: &[(&str, Change, &str, Severity)] = &[
+        (
+            "no reset method",
+            |f| {
+                f.present[0].device.reset = Reset::None;
+                f.assignments.push(req("work", "00_1f.6"));
+            },
+            "no-reset",
+            Severity::Error,
+        ),
+        (
+            "an empty reset_method",
+            |f| {
+                f.present[0].device.reset = Reset::Methods(Vec::new());
+                f.assignments.push(req("work", "00_1f.6"));
+            },
+            "no-reset",
+            Severity::Error,
+        ),
+        (
+            "explicit pvh",
+            |f| {
+                f.dest.virt_mode = Some(Setting {
+                    value: VirtMode::Pvh,
+                    explicit: true,
+                });
+                f.assignments.push(req("work", "00_1f.6"));
+            },
+            "pvh",
+            Severity::Error,
+        ),
+        (
+            "twice",
+            |f| {
+                f.assignments.push(req("work", "00_1f.6"));
+                let id = id_of(&f.present[0].device);
+                f.assignments.push(Record {
+                    device_id: id,
+                    ..req("work", "00_1f.6")
+                });
+            },
+            "duplicate",
+            Severity::Error,
+        ),
+        (
+            "another function required elsewhere, not running",
+            |f| {
+                f.assignments.push(req("work", "00_14.2"));
+                f.assignments.push(req("sys-usb", "00_14.0"));
+            },
+            "shared-function",
+            Severity::Warning,
+        ),
+        (
+            "dom0 uses it",
+            |f| {
+                f.present[0].dom0_uses = vec![Dom0Use {
+                    what: "it holds dom0's swap",
+                    detail: String::new(),
+                }];
+                f.assignments.push(req("work", "00_1f.6"));
+            },
+            "dom0-uses",
+            Severity::Warning,
+        ),
+        (
+            "a big HVM",
+            |f| {
+                f.dest.maxmem_mb = Some(4000);
+                f.assignments.push(req("work", "00_1f.6"));
+            },
+            "memory-over-3.5g",
+            Severity::Warning,
+        ),
+        (
+            "not hidden at boot",
+            |f| {
+                f.hidden = Some(Hidden::default());
+                f.assignments.push(req("work", "00_1f.6"));
+            },
+            "not-hidden",
+            Severity::Warning,
+        ),
+    ];
+    for (what, change, code, severity) in rows {
+        let mut f = facts();
+        change(&mut f);
+        let problems = start_problems(&f);
+        assert!(
+            problems.iter().any(|p| p.code == *code && p.severity == *severity),
+            "{what}: {:?}",
+            problems.iter().map(|p| (p.code, p.severity)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            decide(&Kind::Start, &f).is_err(),
+            problems.iter().any(|p| p.severity == Severity::Error),
+            "{what}: the start is refused exactly on an error"
+        );
+    }
+    // Nothing of the kind: at 3584 MB, hidden, reset, no-strict-reset.
+    let mut f = facts();
+    f.dest.memory_mb = Some(3584);
+    f.hidden = Some(Hidden {
+        sbdfs: f.present.iter().map(|p| p.device.sbdf).collect(),
+    });
+    f.present[0].device.reset = Reset::None;
+    f.assignments
+        .push(rec("work", "00_1f.6", AssignmentMode::Required, NSR));
+    f.assignments
+        .push(rec("work", "00_14.2", AssignmentMode::Required, NSR));
+    f.assignments
+        .push(rec("sys-usb", "00_14.0", AssignmentMode::Required, NSR));
+    let problems = start_problems(&f);
+    assert!(
+        problems.is_empty(),
+        "{:?}",
+        problems.iter().map(|p| p.code).collect::<Vec<_>>()
+    );
+    // A PV qube with much memory is not an HVM.
+    f.dest.virt_mode = Some(Setting {
+        value: VirtMode::Pv,
+        explicit: true,
+    });
+    f.dest.memory_mb = Some(8000);
+    assert!(start_problems(&f).is_empty());
+}
+
+#[test]
+fn devices_denied_patterns_match_as_upstream_matches_them() {
+    let mut d = Dest::named(q("work"));
+    assert_eq!(d.denied_by("p020000"), None, "an empty list denies nothing");
+    d.devices_denied = "u03****p02****".into();
+    assert_eq!(d.denied_by("p028000"), Some("p02****"));
+    assert_eq!(d.denied_by("p0c0330"), None);
+    assert_eq!(
+        d.denied_by("p******"),
+        Some("u03****"),
+        "what cannot be checked is denied"
+    );
+    d.devices_denied = "p0c0330".into();
+    assert_eq!(d.denied_by("p0c0330"), Some("p0c0330"));
+    assert_eq!(d.denied_by("p0c0320"), None);
+    // At assignment, from any source.
+    let mut f = facts();
+    f.dest.devices_denied = "p02****".into();
+    f.source = QubeName::dom0();
+    let (kind, msg) = refusal(&Kind::Assign(req("work", "00_1f.6")), &f);
+    assert_eq!(kind, "QubesDaemonAccessError");
+    assert!(msg.contains("p02****") && msg.contains("p020000"), "{msg}");
+    assert!(refusal(&Kind::SetMode(req("work", "00_1f.6")), &f)
+        .1
+        .contains("p02****"));
 }

@@ -14,7 +14,8 @@ replaces atomically after every change, as qubesd does:
 
   admin socket:    admin.vm.device.pci.{Assigned,Attached,Assign,Unassign,
                    Set.assignment,Attach,Detach}, admin.vm.property.Get
-                   and .Set (virt_mode), admin.vm.Start, admin.vm.Kill
+                   and .Set (virt_mode, devices_denied, memory, maxmem, with
+                   qubesd's defaults), admin.vm.Start, admin.vm.Kill
   internal socket: internal.GetSystemInfo
   test hook:       standin.FailNext+METHOD[=silent|=late] makes the next
                    call of METHOD fail (QubesException, or no reply at all),
@@ -51,6 +52,8 @@ import time
 import xml.etree.ElementTree as ET
 
 MAX_REQUEST = 65536
+# properties admin.vm.property.Get answers besides virt_mode: type, default
+PROPERTIES = {"devices_denied": ("str", ""), "memory": ("int", "400"), "maxmem": ("int", "4000")}
 LATE_SECONDS = 2
 MODES = ("required", "ask-to-attach", "auto-attach", "manual")
 LOCK = threading.Lock()
@@ -315,11 +318,21 @@ class State:
             return self.system_info()
         dom = self.domain(dest)
         if method == "admin.vm.property.Get":
-            if arg != "virt_mode":
+            if arg == "virt_mode":
+                return self.virt_mode(dom)
+            if arg not in PROPERTIES:
                 raise Refused("QubesNoSuchPropertyError", f"Invalid property name: {arg}")
-            return self.virt_mode(dom)
+            kind, default = PROPERTIES[arg]
+            if arg == "maxmem" and self.assignments(dom):
+                default = "0"  # qubesd: no memory balancing with PCI devices
+            explicit = self.prop(dom, arg)
+            if explicit is not None:
+                return f"default=False type={kind} {explicit}"
+            return f"default=True type={kind} {default}"
         if method == "admin.vm.property.Set":
-            if arg != "virt_mode" or payload.decode() not in ("hvm", "pv", "pvh"):
+            value = payload.decode()
+            ok = value in ("hvm", "pv", "pvh") if arg == "virt_mode" else arg in PROPERTIES
+            if not ok:
                 raise Refused("QubesPropertyValueError", f"Invalid value for {arg}")
             props = dom.find("properties")
             node = next((p for p in props.findall("property") if p.get("name") == arg), None)

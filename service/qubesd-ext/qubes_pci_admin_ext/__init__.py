@@ -118,6 +118,11 @@ def _dest(dest):
         facts["dest_virt_mode_default"] = bool(
             dest.property_is_default("virt_mode")
         )
+    facts["dest_devices_denied"] = str(getattr(dest, "devices_denied", "") or "")
+    for prop in ("memory", "maxmem"):
+        value = getattr(dest, prop, None)
+        if isinstance(value, int):
+            facts["dest_" + prop] = value
     return facts
 
 
@@ -277,12 +282,14 @@ class PciAdminExtension(qubes.ext.Extension):
             if not other.is_running():
                 continue
             running.extend(_held(other))
-        facts = {
-            "dest": vm.name,
-            "memory_balancing": bool(getattr(vm, "maxmem", 0)),
-            "assignments": required,
-            "running": running,
-        }
+        facts = _dest(vm)
+        facts.update(
+            {
+                "memory_balancing": bool(getattr(vm, "maxmem", 0)),
+                "assignments": required,
+                "running": running,
+            }
+        )
         await check_async("start", facts, vm)
 
 
