@@ -103,6 +103,22 @@ if [ -n "$USED" ]; then
         mgmt work "admin.vm.device.pci.Assign+dom0+$USED" "mode='required'"
 fi
 
+echo "== What would stop work's start, and what to do about it"
+echo "   \$ qubes-pci-admin preflight work"
+rc=0
+"$BIN" preflight work || rc=$?
+echo "   (exit status $rc)"
+echo
+NSR=""
+if { "$BIN" preflight --json work || true; } | grep -q '"no-reset"'; then
+    NSR=" _no-strict-reset='True'"
+    echo "== This device has no reset method (virtual devices often have none), so dom0 gives work's and"
+    echo "   media's assignments no-strict-reset, as preflight says (dom0 needs no grant for it)"
+    for q in work media; do
+        printf '%s' "mode='required'$NSR" | "$BIN" call --source dom0 --target "$q" "admin.vm.device.pci.Assign+$DEV" >/dev/null
+    done
+    echo
+fi
 echo "== work starts (admin.vm.Start to qubesd; the start check passes)"
 qubesd admin.vm.Start work
 echo
@@ -140,7 +156,7 @@ echo
 echo "== qubesd's record: the <device> entries of its qubes.xml, and qubes-pci-admin list"
 grep -o '<device [^>]*>' "$TMP/qubes.xml" || echo "(none left)"
 echo "   (then dom0 assigns it to sys-usb too and restarts sys-usb)"
-printf 'mode=%s' "'required'" | "$BIN" call --source dom0 --target sys-usb "admin.vm.device.pci.Assign+$DEV" >/dev/null
+printf '%s' "mode='required'$NSR" | "$BIN" call --source dom0 --target sys-usb "admin.vm.device.pci.Assign+$DEV" >/dev/null
 qubesd admin.vm.Kill sys-usb >/dev/null
 qubesd admin.vm.Start sys-usb >/dev/null
 "$BIN" list
