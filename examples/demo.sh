@@ -5,7 +5,11 @@
 # throw-away copy). Nothing is written to /sys.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "Building qubes-pci-admin (cargo build --release; a few minutes the first time, seconds after) ..."
 cargo build --release --quiet
+echo "Built. Replies are shown raw, as qrexec carries them, with each NUL byte written \\0:"
+echo "0\\0BODY is success, 2\\0TYPE\\0\\0MESSAGE\\0 a refusal that qvm-pci prints as 'Error: MESSAGE'."
+echo
 BIN=$PWD/target/release/qubes-pci-admin
 TMP=$(mktemp -d)
 cp examples/qubes.xml "$TMP/qubes.xml"
@@ -87,7 +91,7 @@ step "Assign with no-strict-reset from the management qube: options need their o
     mgmt work "admin.vm.device.pci.Assign+$DEV" "mode='required' _no-strict-reset='True'"
 step "Assign in mode auto-attach: refused, PCI devices reach a qube only at its start, as required" \
     mgmt media "admin.vm.device.pci.Assign+$DEV" "mode='auto-attach'"
-step "Assign the same device to media too: allowed (a warning is logged), only one may run at a time" \
+QUBES_PCI_ADMIN_LOG=warn step "Assign the same device to media too: allowed, with a warning in dom0's log (shown here), only one may run at a time" \
     mgmt media "admin.vm.device.pci.Assign+$DEV" "mode='required'"
 step "Assigned for work, as the management qube sees it: read from qubesd's qubes.xml" \
     mgmt work admin.vm.device.pci.Assigned
@@ -135,9 +139,13 @@ echo "== work stops; media can start now"
 qubesd admin.vm.Kill work
 qubesd admin.vm.Start media
 echo
-echo "== How the policy decides (qubes-pci-admin policy eval)"
-"$BIN" policy eval mgmt work "admin.vm.device.pci.Assign+$DEV" || echo "   (exit status $?)"
-"$BIN" policy eval mgmt work "admin.vm.device.pci.Option+no-strict-reset" || echo "   (exit status $?)"
+echo "== How the policy decides (qubes-pci-admin policy eval; the system info is examples/system-info.json)"
+for svc in "admin.vm.device.pci.Assign+$DEV" "admin.vm.device.pci.Option+no-strict-reset"; do
+    echo "   \$ qubes-pci-admin policy eval mgmt work $svc"
+    rc=0
+    "$BIN" --system-info examples/system-info.json policy eval mgmt work "$svc" || rc=$?
+    echo "   (exit status $rc)"
+done
 echo
 echo "== The same from a management qube with the qubes-pci client (here its transport is"
 echo "   'qubes-pci-admin call --source mgmt --target' instead of qrexec-client-vm)"

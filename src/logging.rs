@@ -10,6 +10,16 @@ use tracing_subscriber::EnvFilter;
 
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
+/// For the administrator's commands (`list`, `policy`, `preflight`, …):
+/// the journal gets warnings, the terminal only what the command prints
+/// (a message is never printed twice) unless `QUBES_PCI_ADMIN_LOG` asks.
+pub fn init_cli() {
+    let journald = Path::new(JOURNALD_SOCKET).exists();
+    if journald || std::env::var_os("QUBES_PCI_ADMIN_LOG").is_some() {
+        init("warn");
+    }
+}
+
 pub fn init(default_level: &str) {
     // Nothing to set up when logging is off.
     if std::env::var_os("QUBES_PCI_ADMIN_LOG").is_some_and(|v| v == "off") {

@@ -194,16 +194,18 @@ fn main() -> ExitCode {
         return exec_service(&argv0.to_string_lossy());
     }
     let cli = Cli::parse();
-    logging::init(if matches!(cli.command, Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
-    });
+    match cli.command {
+        Command::Serve { .. } => logging::init("info"),
+        Command::Check { .. } | Command::ServeConnection | Command::Call { .. } => logging::init("warn"),
+        _ => logging::init_cli(),
+    }
     match run(cli) {
         Ok(code) => code,
+        // 2 is for usage errors (clap's); a command that could not do its
+        // work exits 1.
         Err(e) => {
             eprintln!("qubes-pci-admin: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
 }

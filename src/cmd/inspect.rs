@@ -18,7 +18,12 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         for e in &errors {
             eprintln!("{e}");
         }
-        for w in qubes_pci_admin::policy::argument_warnings(&p) {
+        let dirs = svc.sources.config.policy_dirs();
+        let warnings = qubes_pci_admin::policy::ignored_files(&dirs)
+            .into_iter()
+            .chain(qubes_pci_admin::policy::rule_warnings(&p))
+            .chain(qubes_pci_admin::policy::argument_warnings(&p));
+        for w in warnings {
             eprintln!("{w}");
         }
         if errors.is_empty() {
@@ -43,7 +48,7 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Lint => Ok(ExitCode::SUCCESS),
         PolicyCommand::Eval { batch: true, .. } => {
-            let system = svc.sources.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let system = svc.sources.system_info().map_err(|e| qubes_unknown(&e))?;
             eval_batch(&loaded, &system)
         }
         PolicyCommand::Eval {
@@ -56,7 +61,8 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             let (Some(source), Some(target), Some(service)) = (source, target, service) else {
                 anyhow::bail!("policy eval needs SOURCE TARGET SERVICE[+ARG], or --batch");
             };
-            let system = svc.sources.system_info().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let system = svc.sources.system_info().map_err(|e| qubes_unknown(&e))?;
+            notes(&system, &source, &target, &service);
             let eval = Evaluation::run(&loaded, &system, &source, &target, &service);
             let mut out = std::io::stdout().lock();
             if json {
@@ -78,6 +84,21 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             writeln!(out)?;
             Ok(ExitCode::from(eval.exit_code(&system)))
         }
+    }
+}
+
+/// `note: …` on standard error for what is likely a typo: a qube the
+/// system does not know, a PCI method that does not exist.
+fn notes(system: &qubes_pci_admin::policy::System, source: &str, target: &str, service: &str) {
+    for (role, name) in [("source", source), ("target", target)] {
+        if !name.starts_with('@') && system.get(name).is_none() {
+            eprintln!("note: the {role} {name} is not a qube this system has");
+        }
+    }
+    let method = service.split_once('+').map_or(service, |(m, _)| m);
+    if let Some(meant) = qubes_pci_admin::policy::unknown_pci_service(method) {
+        let hint = meant.map_or_else(String::new, |m| format!(" (did you mean {m}?)"));
+        eprintln!("note: {method} is not a method of qubes-pci-admin{hint}");
     }
 }
 
@@ -122,21 +143,51 @@ fn eval_batch(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Why a dom0 failure happened, without the words meant for a calling qube.
+fn why(e: &qubes_pci_admin::ApiError) -> String {
+    match e {
+        qubes_pci_admin::ApiError::Dom0 { detail, .. } => detail.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// qubes.xml cannot be read: say which flag reads another one.
+fn record_unreadable(e: &qubes_pci_admin::ApiError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "qubesd's record of PCI assignments cannot be read ({}): run this in dom0, or give --qubes-xml FILE \
+         (examples/qubes.xml is the demo's)",
+        why(e)
+    )
+}
+
+/// The qubes cannot be learnt from qubesd: say which flag gives them.
+fn qubes_unknown(e: &qubes_pci_admin::ApiError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the qubes cannot be asked from qubesd ({}): run this in dom0, or give --system-info FILE \
+         (examples/system-info.json has the demo's qubes)",
+        why(e)
+    )
+}
+
 pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
     let inventory = Inventory::scan(&svc.sources.config.sysfs)?;
     let infos = qubes_pci_admin::api::device_infos(&inventory, &svc.sources.pci_names(), None);
-    let fail = |e: qubes_pci_admin::ApiError| anyhow::anyhow!("{}", e.detail());
-    let xml = svc.sources.qubes_xml().map_err(fail)?;
-    let system = svc.sources.system_info().map_err(fail)?;
+    let xml = svc.sources.qubes_xml().map_err(|e| record_unreadable(&e))?;
+    let system = svc.sources.system_info().map_err(|e| qubes_unknown(&e))?;
     let mut attached = Vec::new();
-    for (name, _) in system
+    let running = system
         .domains
         .iter()
-        .filter(|(n, i)| i.is_running() && n.as_str() != qubes_pci_rpc::QubeName::dom0().as_str())
-    {
+        .filter(|(n, i)| i.is_running() && n.as_str() != qubes_pci_rpc::QubeName::dom0().as_str());
+    for (name, _) in running {
         let q = qubes_pci_rpc::QubeName::parse(name)?;
-        for a in svc.sources.qubesd().attached(&q).map_err(|e| fail(e.into()))? {
-            attached.push((q.clone(), a));
+        match svc.sources.qubesd().attached(&q) {
+            Ok(held) => attached.extend(held.into_iter().map(|a| (q.clone(), a))),
+            Err(qubes_pci_admin::qubesd::QubesdError::Connect { .. }) => {
+                eprintln!("note: qubesd is not reachable here, so the devices running qubes hold are not shown");
+                break;
+            }
+            Err(e) => return Err(anyhow::anyhow!("qubesd did not say what {q} holds: {e}")),
         }
     }
     let records = xml.records();

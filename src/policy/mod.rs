@@ -172,6 +172,111 @@ pub fn argument_warnings(policy: &Policy) -> Vec<String> {
         .collect()
 }
 
+/// The closest of `names` to `wrong` (for "did you mean …?"), when close.
+fn closest<'a>(wrong: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row.first().copied().unwrap_or(0);
+            if let Some(first) = row.first_mut() {
+                *first = i + 1;
+            }
+            for (j, cb) in b.iter().enumerate() {
+                let above = row.get(j + 1).copied().unwrap_or(0);
+                let left = row.get(j).copied().unwrap_or(0);
+                let next = (prev + usize::from(ca != *cb)).min(above + 1).min(left + 1);
+                prev = above;
+                if let Some(slot) = row.get_mut(j + 1) {
+                    *slot = next;
+                }
+            }
+        }
+        row.last().copied().unwrap_or(0)
+    }
+    names
+        .map(|n| (distance(wrong, n), n))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, n)| n)
+}
+
+/// The services of this project: the eight methods and the option grants.
+fn known_services() -> impl Iterator<Item = String> {
+    Method::ALL
+        .into_iter()
+        .map(|m| m.to_string())
+        .chain(std::iter::once(crate::rules::OPTION_SERVICE.to_owned()))
+}
+
+/// Whether `service` names a PCI service of this project that does not
+/// exist, and the one it likely means.
+pub fn unknown_pci_service(service: &str) -> Option<Option<String>> {
+    if !service.starts_with(qubes_pci_rpc::method::PREFIX) || known_services().any(|k| k == service) {
+        return None;
+    }
+    let known: Vec<String> = known_services().collect();
+    Some(closest(service, known.iter().map(String::as_str)).map(str::to_owned))
+}
+
+/// `FILE:LINE: warning: …` for mistakes the policy language accepts: a
+/// PCI service that does not exist (a misspelt method), an `allow` of an
+/// Admin API call to another qube without `target=dom0` (qrexec would run
+/// it in that qube, not in dom0), and an empty policy.
+pub fn rule_warnings(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &policy.rules {
+        let Some(service) = r.service.as_deref() else { continue };
+        if let Some(meant) = unknown_pci_service(service) {
+            let hint = meant.map_or_else(String::new, |m| format!(" (did you mean {m}?)"));
+            out.push(format!(
+                "{}: warning: {service} is not a method of qubes-pci-admin{hint}: the rule matches no call",
+                r.location()
+            ));
+        }
+        let admin = service.starts_with("admin.");
+        let to_dom0 = matches!(r.target.to_string().as_str(), "@adminvm" | "dom0");
+        if let (true, false, parser::Action::Allow { target: None, .. }) = (admin, to_dom0, &r.action) {
+            out.push(format!(
+                "{}: warning: this allow of {service} has no target=dom0, so qrexec runs the call in the \
+                 requested qube ({}), not in dom0 where the Admin API is: add target=dom0",
+                r.location(),
+                r.target
+            ));
+        }
+    }
+    if policy.rules.is_empty() {
+        out.push("warning: the policy has no rule at all, so qrexec denies every call".to_owned());
+    }
+    out
+}
+
+/// Files in the policy directories that qrexec ignores for their name (it
+/// reads only `NAME.policy`): `FILE: warning: …`.
+pub fn ignored_files(dirs: &[std::path::PathBuf]) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut names: Vec<(String, bool)> = entries
+            .flatten()
+            .map(|e| {
+                let file = e.file_type().is_ok_and(|t| t.is_file());
+                (e.file_name().to_string_lossy().into_owned(), file)
+            })
+            .collect();
+        names.sort();
+        for (name, file) in names {
+            if file && !name.ends_with(".policy") && !name.starts_with('.') && !name.ends_with('~') {
+                out.push(format!(
+                    "{}: warning: ignored: qrexec reads only files named NAME.policy",
+                    dir.join(&name).display()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Whether the policy lets `source` call `service+arg` with `target`,
 /// resolved to dom0. Calls from dom0 are always allowed. An `ask` counts
 /// only when `asked` says qrexec has already asked the user about this very

@@ -56,9 +56,22 @@ pub trait PolicyFs {
 pub struct DiskFs;
 
 impl PolicyFs for DiskFs {
+    /// Lexically, so that a rule's location reads as its directory was
+    /// given (`examples/policy.d/include/…`, not an absolute path beside
+    /// relative ones); `..` and `.` are folded, so an include loop spelt
+    /// two ways is still one file.
     fn resolve(&self, policy_dir: &Path, path: &str) -> PathBuf {
-        let p = policy_dir.join(path);
-        std::fs::canonicalize(&p).unwrap_or(p)
+        let mut out = PathBuf::new();
+        for c in policy_dir.join(path).components() {
+            match c {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir if out.file_name().is_some() => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        out
     }
     fn read(&self, path: &Path) -> std::io::Result<String> {
         let bytes = std::fs::read(path)?;
