@@ -2,12 +2,13 @@
 //! The front door and the qubesd extension against upstream qubesd's own
 //! request handling (QubesOS/qubes-core-admin, release4.3), run offline by
 //! `tests/real-qubesd/server.py` with upstream's own test stubs for libvirt
-//! and qubesdb. Runs when `QUBES_CORE_ADMIN_SRC` and `QUBES_CORE_QREXEC_SRC`
+//! and qubesdb. Runs (and is not reported as ignored) when
+//! `QUBES_CORE_ADMIN_SRC` and `QUBES_CORE_QREXEC_SRC`
 //! point at extracted trees (and `QUBES_CORE_ADMIN_CLIENT_SRC`, optional, at
 //! the stock client's, to run the stock `qvm-pci` too; with it,
 //! `QUBES_MANAGER_SRC` at an extracted QubesOS/qubes-manager and
 //! `MANAGER_SITE` at a directory holding PyQt6, pyxdg and qasync run the
-//! real Qube Settings dialog's Devices tab headless); says it skipped
+//! real Qube Settings dialog's Devices tab headless); is reported as ignored
 //! otherwise. Nothing of upstream is in this repository.
 //!
 //! The first run builds a Python venv (lxml, jinja2, docutils, PyYAML,
@@ -23,6 +24,10 @@ use common::{FakeSysfs, RealQubesd, BIN};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
+#[cfg_attr(
+    not(real_qubesd),
+    ignore = "set QUBES_CORE_ADMIN_SRC and QUBES_CORE_QREXEC_SRC to extracted release4.3 trees to run it"
+)]
 fn front_door_and_extension_against_upstream_qubesd() {
     let work = tempfile::tempdir().unwrap();
     let Some(real) = RealQubesd::setup(&work.path().join("site")) else {
