@@ -201,6 +201,15 @@ fn main() -> ExitCode {
     }
     match run(cli) {
         Ok(code) => code,
+        // The reader stopped early (`qubes-pci-admin man | head`): a quiet end.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         // 2 is for usage errors (clap's); a command that could not do its
         // work exits 1.
         Err(e) => {

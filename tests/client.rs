@@ -419,3 +419,76 @@ fn the_man_page_has_the_exit_status_table_and_the_json_shapes() {
         assert!(man.contains(shape), "{shape}");
     }
 }
+
+/// What the client says: reset warnings only where they can matter (not
+/// for bridges, once per device), its own commands in suggestions,
+/// qubesd's terse refusals said plainly, a hint outside a qube, and a quiet
+/// end when its reader stops.
+#[test]
+fn messages_a_management_qube_user_can_act_on() {
+    let env = env();
+    for protocol in ["native", "text"] {
+        let out = client(&env, protocol, &["list"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("dom0:00_00.0") && !err.contains("dom0:00_1c.0 "),
+            "no bridge: {err}"
+        );
+        assert_eq!(
+            err.matches("dom0:00_1f.6 has no reset method").count(),
+            1,
+            "once: {err}"
+        );
+        // assign without --required: dom0 suggests this client's command.
+        let out = client(&env, protocol, &["assign", "work", "00_1f.6"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("`qubes-pci assign --required work dom0:00_1f.6`"), "{err}");
+        assert!(!err.contains("qvm-pci"), "{err}");
+        // qubesd's own refusal, said plainly.
+        let out = client(&env, protocol, &["unassign", "work", "00_1f.6"]);
+        assert_eq!(out.status.code(), Some(6));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("dom0:00_1f.6 is not assigned to work (qubes-pci assigned work lists what is)"),
+            "{err}"
+        );
+        assert!(!err.contains("'pci device"), "{err}");
+    }
+    // Outside a qube: no qrexec-client-vm.
+    let out = Command::new(CLIENT)
+        .env_clear()
+        .env("PATH", "/nonexistent")
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runs in a qube") && err.contains("--transport"), "{err}");
+    // The reader stops early: no "Broken pipe", success.
+    for bin in [CLIENT, BIN] {
+        let mut child = Command::new(bin)
+            .arg("man")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{bin}");
+        assert!(out.stderr.is_empty(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A payload with its value unquoted gets told how to write it.
+#[test]
+fn an_unquoted_value_is_told_how_to_write_it() {
+    let env = env();
+    let (kind, msg) = common::error_of(&env.call(
+        "dom0",
+        "work",
+        "admin.vm.device.pci.Assign+dom0+00_14.0",
+        b"mode=required",
+    ));
+    assert_eq!(kind, "ProtocolError");
+    assert!(msg.contains("mode=required") && msg.contains("key='value'"), "{msg}");
+}

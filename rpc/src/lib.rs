@@ -56,6 +56,8 @@ pub enum DecodeError {
     MalformedProperties,
     #[error("invalid characters in property name: {0}")]
     InvalidPropertyName(String),
+    #[error("{0}: values are written in single quotes, as key='value'")]
+    UnquotedValue(String),
     #[error("invalid characters in the value of property {0}")]
     InvalidPropertyValue(String),
     #[error("unexpected property {0}")]

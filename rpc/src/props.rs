@@ -52,6 +52,12 @@ impl Properties {
     }
 
     fn insert(&mut self, key: String, value: String) -> Result<(), DecodeError> {
+        if let Some((k, v)) = key
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty() && k.chars().all(key_char_ok))
+        {
+            return Err(DecodeError::UnquotedValue(format!("{k}={v}")));
+        }
         if key.is_empty() || !key.chars().all(key_char_ok) {
             return Err(DecodeError::InvalidPropertyName(key));
         }

@@ -237,7 +237,15 @@ fn exchange(transport: &[String], target: &str, service: &str, payload: &[u8]) -
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Failure::Local(format!("cannot run {program}: {e}")))?;
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound && program == "qrexec-client-vm" {
+                ": qubes-pci runs in a qube and calls dom0 through qrexec-client-vm; elsewhere give --transport \
+                 CMD (CMD TARGET SERVICE+ARG makes one call, the payload on stdin)"
+            } else {
+                ""
+            };
+            Failure::Local(format!("cannot run {program}: {e}{hint}"))
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(payload).map_err(local)?;
     }
@@ -268,6 +276,28 @@ fn exchange(transport: &[String], target: &str, service: &str, payload: &[u8]) -
     Ok(out.stdout)
 }
 
+/// A refusal as this client's user reads it: qubesd's own terse messages
+/// (`'pci device dom0:00_01.0:* not assigned to media'`) said plainly, and
+/// the commands dom0 suggests (qvm-pci's) as this client's.
+fn rephrase(message: &str) -> String {
+    let quoted = message.trim().trim_matches('\'');
+    let plain = |rest: &str, what: &str, next: &str| -> Option<String> {
+        let (device, qube) = rest.split_once(what)?;
+        let (device, qube) = (device.trim(), qube.trim());
+        let device = device.strip_suffix(":*").unwrap_or(device);
+        Some(format!("{device} is {what} {qube}{}", next.replace("QUBE", qube)))
+    };
+    if let Some(rest) = quoted.strip_prefix("pci device ") {
+        let said = plain(rest, "not assigned to", " (qubes-pci assigned QUBE lists what is)")
+            .or_else(|| plain(rest, "already assigned to", " (qubes-pci assigned QUBE lists it)"))
+            .or_else(|| plain(rest, "not attached to", " (qubes-pci attached QUBE lists what is)"));
+        if let Some(said) = said {
+            return said;
+        }
+    }
+    message.replace("`qvm-pci ", "`qubes-pci ")
+}
+
 impl Client {
     /// One call: `target` is the qube the call is for (`dom0` for Available).
     fn call(&self, target: &str, method: Method, arg: &str, body: RequestBody) -> Result<Answer, Failure> {
@@ -277,8 +307,14 @@ impl Client {
             format!("{method}+{arg}")
         };
         let device = (!arg.is_empty()).then(|| arg.replace('+', ":"));
-        let refused =
-            |kind, message| Failure::Refused(NativeError::new(kind, message, device.clone(), Some(target.to_owned())));
+        let refused = |kind, message: String| {
+            Failure::Refused(NativeError::new(
+                kind,
+                rephrase(&message),
+                device.clone(),
+                Some(target.to_owned()),
+            ))
+        };
         let text = |reply: &[u8]| -> Result<Answer, Failure> {
             match Reply::decode(reply) {
                 Some(Reply::Ok(body)) => Ok(match method {
@@ -310,7 +346,10 @@ impl Client {
         let payload = native::encode(&NativeRequest::new(body.clone())).map_err(local)?;
         let reply = exchange(&self.transport, target, &service, &payload)?;
         if let Ok(r) = native::decode::<NativeReply>(&reply) {
-            return r.result.map_err(Failure::Refused);
+            return r.result.map_err(|mut e| {
+                e.message = rephrase(&e.message);
+                Failure::Refused(e)
+            });
         }
         // dom0 answers in text (qubesd, or a service that does not speak
         // the native protocol): it did not take the native payload, so the
@@ -401,8 +440,12 @@ fn options(untrusted: &[String]) -> Result<PciOptions, Failure> {
     PciOptions::from_pairs(&pairs).map_err(|e| Failure::Usage(e.to_string()))
 }
 
+/// A device that no qube starts with unless its assignment has
+/// no-strict-reset: no reset method. Bridges never leave dom0, so for them
+/// it does not matter.
 fn no_reset(d: &DeviceEntry) -> bool {
-    d.data.iter().any(|(k, v)| k == "reset_method" && v == "none")
+    let data = |key: &str, value: &str| d.data.iter().any(|(k, v)| k == key && v == value);
+    data("reset_method", "none") && !data("bridge", "True")
 }
 
 /// The stderr line for a device without a reset method.
@@ -705,6 +748,8 @@ fn main() -> ExitCode {
         Some(Cmd::Man) => {
             return match clap_mangen::Man::new(Cli::command()).render(&mut out) {
                 Ok(()) => ExitCode::SUCCESS,
+                // The reader stopped (`qubes-pci man | head`): nothing to say.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
                 Err(_) => ExitCode::from(EXIT_LOCAL),
             };
         }
@@ -722,6 +767,8 @@ fn main() -> ExitCode {
     match (result, printed) {
         (Ok(_), Ok(())) => ExitCode::SUCCESS,
         (Err(f), _) => ExitCode::from(f.code()),
+        // The reader stopped early (`qubes-pci list | head`): a quiet end.
+        (Ok(_), Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         (Ok(_), Err(_)) => ExitCode::from(EXIT_LOCAL),
     }
 }
