@@ -275,6 +275,11 @@ fn assign_plans_and_what_passes() {
     };
     had.assignments.push(before.clone());
     assert_eq!(plan(&Kind::Assign(new.clone()), &had), Plan::Replace { before });
+    // Its own earlier assignment, and other qubes' other devices, make no
+    // "several qubes" warning.
+    had.assignments.push(req("sys-usb", "00_14.0"));
+    let d = decide(&Kind::Assign(new.clone()), &had).unwrap();
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
     // An option granted; one the existing assignment already had needs none.
     let mut granted = facts();
     granted.grants = PERMISSIVE;
