@@ -323,6 +323,28 @@ fn the_switch_over_is_installed_and_undone() {
     // Uninstall: ours go, the other stays.
     run("%preun", "0");
     assert_eq!(entries(), [("admin.vm.device.pci.Detach".to_owned(), None)]);
+    // A socket that did not start gets no links: qubesd keeps the methods,
+    // and the administrator is told why and what to do.
+    let out = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &script("%post").replace("true is-active", "false is-active"),
+            "scriptlet",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("qubes-pci-admin.socket is not active") && said.contains("enable --now"),
+        "{said}"
+    );
+    assert_eq!(
+        entries(),
+        [("admin.vm.device.pci.Detach".to_owned(), None)],
+        "no link to a dead socket"
+    );
 }
 
 /// Uninstalling gives dom0 back: qubesd keeps a loaded extension until it
