@@ -2,6 +2,8 @@
 //! a method's name) and the administrator's command line.
 
 mod cmd;
+#[path = "manpage.rs"]
+mod manpage;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -219,6 +221,114 @@ fn main() -> ExitCode {
     }
 }
 
+/// ENVIRONMENT, FILES and EXIT STATUS of the man page.
+fn man_sections() -> Vec<manpage::Section<'static>> {
+    let mut env: Vec<(String, String)> = Cli::command()
+        .get_arguments()
+        .filter_map(|a| {
+            let var = a.get_env()?.to_string_lossy().into_owned();
+            let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+            Some((var, format!("{help} (as --{})", a.get_long().unwrap_or_default())))
+        })
+        .collect();
+    env.extend([
+        (
+            "QUBES_PCI_ADMIN_LOG".to_owned(),
+            "The log filter (off, error, warn, info, debug). Logs go to the journal when it runs, else to \
+             standard error; the daemon and exec mode log info, the commands warnings to the journal only."
+                .to_owned(),
+        ),
+        (
+            "QREXEC_REMOTE_DOMAIN, QREXEC_SERVICE_ARGUMENT, QREXEC_REQUESTED_TARGET_TYPE, …".to_owned(),
+            "Exec mode (run as /etc/qubes-rpc/admin.vm.device.pci.METHOD) reads the call from qrexec's \
+             variables; its settings come from the variables above alone."
+                .to_owned(),
+        ),
+        (
+            "QUBES_PCI_ADMIN_BIN".to_owned(),
+            "For the qubesd extension: the binary it asks (default /usr/bin/qubes-pci-admin).".to_owned(),
+        ),
+    ]);
+    let files = [
+        (
+            "/var/lib/qubes/qubes.xml",
+            "qubesd's record of assignments, read (never written).",
+        ),
+        (
+            "/etc/qubes/policy.d, /run/qubes/policy.d",
+            "dom0's qrexec policy, checked on every call from a qube.",
+        ),
+        (
+            "/etc/qubes/policy.d/85-qubes-pci-admin.policy",
+            "the shipped policy: options need their own grant.",
+        ),
+        (
+            "/var/run/qubesd.sock, /var/run/qubesd.internal.sock",
+            "qubesd's Admin API and internal API.",
+        ),
+        (
+            "/run/qubes-pci-admin.sock",
+            "the daemon's socket (qubes-pci-admin.socket).",
+        ),
+        (
+            "/usr/local/etc/qubes-rpc/admin.vm.device.pci.*",
+            "the switch-over: qrexec's entries for the eight methods, linked to the daemon's socket.",
+        ),
+        (
+            "/usr/share/qubes-pci-admin/qubes-rpc/{socket,exec}",
+            "the qrexec service entries, socket style (the daemon) and exec style (one process per call).",
+        ),
+        ("/sys", "dom0's PCI devices, block devices and btrfs filesystems."),
+        (
+            "/proc/self/mountinfo, /proc/swaps, /proc/cmdline",
+            "what dom0 uses, and what its kernel hides at boot.",
+        ),
+        ("/usr/share/hwdata/pci.ids", "device names (a copy is built in)."),
+    ];
+    let exit = [
+        (
+            "exec mode, serve-connection",
+            "0 whenever a reply was written (the reply carries the outcome).",
+        ),
+        ("call", "0 for a success reply, 2 for a refusal."),
+        (
+            "policy eval",
+            "0 allow, 1 deny, 3 ask, 2 when no decision could be made.",
+        ),
+        ("policy lint", "0 when the policy loads, 1 when it does not."),
+        (
+            "preflight",
+            "0 when nothing blocks the start, 1 when something does, 2 when it cannot tell.",
+        ),
+        (
+            "hide-list --check",
+            "0 when the kernel command line hides what is assigned, 1 when not.",
+        ),
+        (
+            "assign-defaults",
+            "0 when something was done or nothing needed doing, 1 otherwise.",
+        ),
+        (
+            "other commands",
+            "0 success, 1 failure; 2 is a usage error, for every command.",
+        ),
+    ];
+    vec![
+        manpage::Section {
+            title: "ENVIRONMENT",
+            items: env,
+        },
+        manpage::Section {
+            title: "FILES",
+            items: files.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect(),
+        },
+        manpage::Section {
+            title: "EXIT STATUS",
+            items: exit.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect(),
+        },
+    ]
+}
+
 /// Reads at most `MAX_REQUEST` bytes; more is a `TooLong` error, and the
 /// rest is never read into memory.
 fn read_capped(r: impl Read) -> std::io::Result<Result<Vec<u8>, DecodeError>> {
@@ -428,7 +538,8 @@ fn run_with(svc: Service, command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            let mut out = std::io::stdout().lock();
+            manpage::render(Cli::command(), &man_sections(), &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo => {

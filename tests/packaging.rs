@@ -206,6 +206,16 @@ fn man_pages_and_completions_come_from_the_cli() {
         assert!(man.status.success());
         let man = String::from_utf8(man.stdout).unwrap();
         assert!(man.starts_with(".ie") && man.contains(".TH"), "roff");
+        // A page that stands alone: its own sections, and no reference to a
+        // page that is not shipped (qubes-pci-admin-call(1) and the like).
+        for section in [".SH COMMANDS", ".SH ENVIRONMENT", ".SH FILES", ".SH EXIT STATUS"] {
+            assert!(man.contains(section), "{bin}: {section}");
+        }
+        let plain = man.replace("\\-", "-");
+        assert!(
+            !plain.contains("-call(1)") && !plain.contains("(1)"),
+            "{bin} refers to other pages"
+        );
         for shell in ["bash", "zsh", "fish"] {
             let c = std::process::Command::new(bin)
                 .args(["completions", shell])

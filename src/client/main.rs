@@ -6,6 +6,8 @@
 //! is linked in.
 
 mod device;
+#[path = "../manpage.rs"]
+mod manpage;
 mod output;
 
 use std::cell::Cell;
@@ -746,7 +748,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Cmd::Man) => {
-            return match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+            return match manpage::render(Cli::command(), &man_sections(), &mut out) {
                 Ok(()) => ExitCode::SUCCESS,
                 // The reader stopped (`qubes-pci man | head`): nothing to say.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -771,6 +773,43 @@ fn main() -> ExitCode {
         (Ok(_), Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         (Ok(_), Err(_)) => ExitCode::from(EXIT_LOCAL),
     }
+}
+
+/// ENVIRONMENT and FILES of the man page (EXIT STATUS is in the text
+/// after the options).
+fn man_sections() -> Vec<manpage::Section<'static>> {
+    vec![
+        manpage::Section {
+            title: "ENVIRONMENT",
+            items: vec![(
+                "QUBES_PCI_TRANSPORT".to_owned(),
+                "The command that makes one qrexec call (as --transport; default qrexec-client-vm).".to_owned(),
+            )],
+        },
+        manpage::Section {
+            title: "FILES",
+            items: vec![(
+                "/usr/bin/qrexec-client-vm".to_owned(),
+                "qrexec's client in a qube: each call goes to dom0 through it, under dom0's policy.".to_owned(),
+            )],
+        },
+        manpage::Section {
+            title: "EXIT STATUS",
+            items: [
+                (0u8, "success"),
+                (EXIT_LOCAL, "the call could not be made"),
+                (EXIT_USAGE, "usage"),
+            ]
+            .into_iter()
+            .map(|(c, what)| (c.to_string(), what.to_owned()))
+            .chain(
+                (3u8..=14)
+                    .filter_map(ExceptionKind::from_code)
+                    .map(|k| (k.code().to_string(), format!("dom0 refused: {}", k.name()))),
+            )
+            .collect(),
+        },
+    ]
 }
 
 /// The kind name of a failure, for messages.
