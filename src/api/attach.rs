@@ -20,6 +20,18 @@ fn port(call: &Call) -> Result<PciPath, ApiError> {
         .ok_or_else(|| ApiError::Protocol("no port".into()))
 }
 
+/// The facts both need: whether the destination runs, what it holds.
+fn holding(svc: &Service, call: &Call) -> Result<crate::rules::Facts, ApiError> {
+    gather(
+        &svc.sources,
+        call,
+        Needs {
+            attached: true,
+            ..Needs::default()
+        },
+    )
+}
+
 pub(super) fn attach(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let dev = call.device_arg()?;
     if !call.req.untrusted_payload.is_empty() {
@@ -30,14 +42,7 @@ pub(super) fn attach(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     if qube.is_dom0() {
         return Err(ApiError::Qubes("Can't attach PCI device to dom0".into()));
     }
-    let facts = gather(
-        &svc.sources,
-        call,
-        Needs {
-            attached: true,
-            ..Needs::default()
-        },
-    )?;
+    let facts = holding(svc, call)?;
     if facts.dest.attached.contains(&port) {
         return Err(ApiError::AlreadyAttached(format!(
             "device dom0:{port} of class pci already attached to {qube}"
@@ -52,14 +57,7 @@ pub(super) fn attach(svc: &Service, call: &Call) -> Result<Output, ApiError> {
 
 pub(super) fn detach(svc: &Service, call: &Call) -> Result<Output, ApiError> {
     let port = port(call)?;
-    let facts = gather(
-        &svc.sources,
-        call,
-        Needs {
-            attached: true,
-            ..Needs::default()
-        },
-    )?;
+    let facts = holding(svc, call)?;
     decide(&Kind::Detach(port.clone()), &facts)?;
     Err(ApiError::NotAssigned(format!(
         "pci device {port} not attached to {}",
