@@ -21,8 +21,10 @@ Comment: The source package carries the crates it builds with under vendor/
 Files: *
 Copyright: qubes-pci-admin developers
 License: GPL-2+
+"""
 
-Files: vendor/pci-ids/pciids/*
+# After the crates' stanzas: the later, narrower pattern wins.
+PCI_IDS = """Files: vendor/pci-ids-{pci_ids}/pciids/*
 Copyright: The PCI ID Repository maintainers (https://pci-ids.ucw.cz/)
 License: GPL-2+ or BSD-3-clause
 """
@@ -43,7 +45,9 @@ for p in sorted(meta["packages"], key=lambda p: (p["name"], p["version"])):
         if word not in ("or", "and"):
             used.add(word)
     authors = [a.split(" <")[0] for a in p.get("authors") or []] or [f"the {p['name']} developers"]
-    stanzas.append(f"Files: vendor/{p['name']}/* vendor/{p['name']}-{p['version']}/*\nCopyright: " + "\n ".join(authors) + f"\nLicense: {lic}\n")
+    # packaging/vendor.sh vendors with --versioned-dirs: one directory, and
+    # so one pattern, per crate and version.
+    stanzas.append(f"Files: vendor/{p['name']}-{p['version']}/*\nCopyright: " + "\n ".join(authors) + f"\nLicense: {lic}\n")
 
 TEXTS = {
     "GPL-2+": "On Debian systems the full text of the GNU General Public License version 2\n is in /usr/share/common-licenses/GPL-2.",
@@ -51,7 +55,7 @@ TEXTS = {
     "Apache-2.0-with-LLVM-exception": "The Apache License 2.0 (/usr/share/common-licenses/Apache-2.0) with\n the LLVM exception: compiled forms of the software may be distributed\n without the attribution required by sections 4(a), 4(b) and 4(d).",
     "MIT": "Permission is hereby granted, free of charge, to any person obtaining a copy\n of this software and associated documentation files (the \"Software\"), to deal\n in the Software without restriction, including without limitation the rights\n to use, copy, modify, merge, publish, distribute, sublicense, and/or sell\n copies of the Software, and to permit persons to whom the Software is\n furnished to do so, subject to the following conditions:\n .\n The above copyright notice and this permission notice shall be included in\n all copies or substantial portions of the Software.\n .\n THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY OF ANY KIND.",
     "Unlicense": "This is free and unencumbered software released into the public domain\n (https://unlicense.org).",
-    "BSD-3-clause": "Redistribution and use in source and binary forms, with or without\n modification, are permitted provided that the conditions of the BSD\n 3-clause license are met (/usr/share/common-licenses/BSD).",
+    "BSD-3-clause": "Redistribution and use in source and binary forms, with or without\n modification, are permitted provided that the conditions of the BSD\n 3-clause license are met.",
     "Zlib": "This software is provided 'as-is', without any express or implied warranty\n (zlib license).",
     "ISC": "Permission to use, copy, modify, and/or distribute this software for any\n purpose with or without fee is hereby granted (ISC license).",
     "BSD-2-Clause": "Redistribution and use in source and binary forms, with or without\n modification, are permitted under the BSD 2-clause license.",
@@ -68,5 +72,7 @@ missing = sorted(u for u in used if u not in TEXTS)
 if missing:
     raise SystemExit(f"no license text for: {missing}")
 licenses = "".join(f"\nLicense: {u}\n {TEXTS[u]}\n" for u in sorted(used))
+pci_ids = next(p["version"] for p in meta["packages"] if p["name"] == "pci-ids")
+stanzas.append(PCI_IDS.replace("{pci_ids}", pci_ids))
 (root / "packaging/debian/copyright").write_text(HEAD + "\n" + "\n".join(stanzas) + licenses)
 print(f"{len(stanzas)} crates, licenses: {', '.join(sorted(used))}")

@@ -9,6 +9,6 @@ out=${OUT:-target/package}
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cargo vendor --locked "$work/vendor" >/dev/null 2>"$work/vendor.log" || { cat "$work/vendor.log" >&2; exit 1; }
+cargo vendor --locked --versioned-dirs "$work/vendor" >/dev/null 2>"$work/vendor.log" || { cat "$work/vendor.log" >&2; exit 1; }
 tar -C "$work" -czf "$out/qubes-pci-admin-$version-vendor.tar.gz" vendor
 echo "$out/qubes-pci-admin-$version-vendor.tar.gz"
