@@ -1,10 +1,19 @@
 #!/usr/bin/env python3
 """Writes packaging/debian/copyright: ours, the pci.ids data, and one
-stanza per crate of Cargo.lock (vendored into the source package), with the
-authors and licenses each crate declares. Run after a dependency change."""
+stanza per crate vendored into the source package (packaging/vendor.sh),
+with the authors and licenses each crate declares. Run after a dependency
+change:
+
+    packaging/debian-copyright.py VENDOR_DIR [OUT]
+
+VENDOR_DIR is the extracted vendor/ of the tarball vendor.sh makes (one
+directory per crate and version); without it, every crate of Cargo.lock.
+OUT is where to write it (default packaging/debian/copyright):
+packaging/debian-source.sh writes the source tree's own."""
 import json
 import pathlib
 import subprocess
+import sys
 
 root = pathlib.Path(__file__).resolve().parent.parent
 meta = json.loads(subprocess.run(
@@ -37,8 +46,13 @@ def debian_license(spdx):
 
 stanzas = []
 used = set()
+vendored = None
+if len(sys.argv) > 1:
+    vendored = {d.name for d in pathlib.Path(sys.argv[1]).iterdir() if d.is_dir()}
 for p in sorted(meta["packages"], key=lambda p: (p["name"], p["version"])):
     if p["source"] is None:
+        continue
+    if vendored is not None and f"{p['name']}-{p['version']}" not in vendored:
         continue
     lic = debian_license(p.get("license"))
     for word in lic.replace("(", " ").replace(")", " ").split():
@@ -74,5 +88,6 @@ if missing:
 licenses = "".join(f"\nLicense: {u}\n {TEXTS[u]}\n" for u in sorted(used))
 pci_ids = next(p["version"] for p in meta["packages"] if p["name"] == "pci-ids")
 stanzas.append(PCI_IDS.replace("{pci_ids}", pci_ids))
-(root / "packaging/debian/copyright").write_text(HEAD + "\n" + "\n".join(stanzas) + licenses)
+out = pathlib.Path(sys.argv[2]) if len(sys.argv) > 2 else root / "packaging/debian/copyright"
+out.write_text(HEAD + "\n" + "\n".join(stanzas) + licenses)
 print(f"{len(stanzas)} crates, licenses: {', '.join(sorted(used))}")

@@ -16,4 +16,6 @@ git archive HEAD | tar -x -C "$tree"
 tar -xzf "$vendor" -C "$tree"
 tar -C "$out" -czf "$out/qubes-pci_$version.orig.tar.gz" "qubes-pci-$version"
 cp -r packaging/debian "$tree/debian"
+# debian/copyright for exactly the crates vendored
+python3 packaging/debian-copyright.py "$tree/vendor" "$tree/debian/copyright" >/dev/null
 echo "$tree"
