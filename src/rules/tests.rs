@@ -621,6 +621,16 @@ fn start_problems_each_with_its_code_and_severity() {
             Severity::Warning,
         ),
         (
+            "another function required elsewhere, no-strict-reset on one side only",
+            |f| {
+                f.assignments
+                    .push(rec("work", "00_14.2", AssignmentMode::Required, NSR));
+                f.assignments.push(req("sys-usb", "00_14.0"));
+            },
+            "shared-function",
+            Severity::Warning,
+        ),
+        (
             "dom0 uses it",
             |f| {
                 f.present[0].dom0_uses = vec![Dom0Use {
@@ -692,6 +702,16 @@ fn start_problems_each_with_its_code_and_severity() {
     });
     f.dest.memory_mb = Some(8000);
     assert!(start_problems(&f).is_empty());
+}
+
+#[test]
+fn virt_modes_parse_as_qubesd_spells_them() {
+    assert_eq!(VirtMode::parse("hvm"), Some(VirtMode::Hvm));
+    assert_eq!(VirtMode::parse("pv"), Some(VirtMode::Pv));
+    assert_eq!(VirtMode::parse("pvh"), Some(VirtMode::Pvh));
+    for other in ["", "HVM", "pvhx", "default"] {
+        assert_eq!(VirtMode::parse(other), None, "{other:?}");
+    }
 }
 
 #[test]
