@@ -249,6 +249,34 @@ fn spec_section(spec: &str, name: &str) -> String {
     out
 }
 
+/// Runs one of the spec's scriptlets with sh, its paths moved under
+/// `root` (the qrexec entries under `rpc`) and `systemctl` replaced by the
+/// given command; fails the test if it fails, and returns its stderr.
+fn run_scriptlet(spec: &str, section: &str, arg: &str, root: &Path, rpc: &Path, systemctl: &str) -> String {
+    let script = spec_section(spec, section)
+        .replace(
+            "%{_datadir}/%{name}",
+            &root.join("share/qubes-pci-admin").display().to_string(),
+        )
+        .replace("/usr/local/etc/qubes-rpc", &rpc.display().to_string())
+        .replace("/run/", &format!("{}/", root.display()))
+        .replace("systemctl", systemctl)
+        .lines()
+        .filter(|l| !l.starts_with("%systemd"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script, "scriptlet", arg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{section}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The switch-over the RPM installs: `%post` links the eight methods'
 /// socket entries into /usr/local/etc/qubes-rpc (leaving alone what someone
 /// else put there), an upgrade keeps them, and `%preun` on uninstall
@@ -266,32 +294,7 @@ fn the_switch_over_is_installed_and_undone() {
         std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), share.join(e.file_name())).unwrap();
     }
     let rpc = d.join("local/etc/qubes-rpc");
-    let script = |section: &str| {
-        spec_section(&spec, section)
-            .replace(
-                "%{_datadir}/%{name}",
-                &d.join("share/qubes-pci-admin").display().to_string(),
-            )
-            .replace("/usr/local/etc/qubes-rpc", &rpc.display().to_string())
-            .replace("/run/", &format!("{}/", d.display()))
-            .replace("systemctl", "true")
-            .lines()
-            .filter(|l| !l.starts_with("%systemd"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let run = |section: &str, arg: &str| {
-        let out = std::process::Command::new("sh")
-            .args(["-c", &script(section), "scriptlet", arg])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{section}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let run = |section: &str, arg: &str| run_scriptlet(&spec, section, arg, d, &rpc, "true");
     let entries = || -> Vec<(String, Option<PathBuf>)> {
         let mut v: Vec<_> = std::fs::read_dir(&rpc)
             .unwrap()
@@ -335,17 +338,8 @@ fn the_switch_over_is_installed_and_undone() {
     assert_eq!(entries(), [("admin.vm.device.pci.Detach".to_owned(), None)]);
     // A socket that did not start gets no links: qubesd keeps the methods,
     // and the administrator is told why and what to do.
-    let out = std::process::Command::new("sh")
-        .args([
-            "-c",
-            &script("%post").replace("true is-active", "false is-active"),
-            "scriptlet",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let said = String::from_utf8_lossy(&out.stderr);
+    // (every systemctl call fails, as with the socket's unit broken)
+    let said = run_scriptlet(&spec, "%post", "1", d, &rpc, "false");
     assert!(
         said.contains("qubes-pci-admin.socket is not active") && said.contains("enable --now"),
         "{said}"
@@ -376,30 +370,9 @@ fn uninstalling_restarts_qubesd_without_the_extension() {
     .unwrap();
     std::fs::set_permissions(&systemctl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(d.join("share/qubes-pci-admin/qubes-rpc/socket")).unwrap();
-    let script = |section: &str| {
-        spec_section(&spec, section)
-            .replace(
-                "%{_datadir}/%{name}",
-                &d.join("share/qubes-pci-admin").display().to_string(),
-            )
-            .replace("/usr/local/etc/qubes-rpc", &d.join("rpc").display().to_string())
-            .replace("/run/", &format!("{}/", d.display()))
-            .replace("systemctl", &systemctl.display().to_string())
-            .lines()
-            .filter(|l| !l.starts_with("%systemd"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let systemctl = systemctl.display().to_string();
     let run = |section: &str, arg: &str| {
-        let out = std::process::Command::new("sh")
-            .args(["-c", &script(section), "scriptlet", arg])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{section}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_scriptlet(&spec, section, arg, d, &d.join("rpc"), &systemctl);
     };
     let calls = || -> Vec<String> {
         let v = std::fs::read_to_string(&log)
