@@ -16,7 +16,7 @@ use qubes_pci_admin::policy::{Policy, PolicyRequest, System};
 
 const QUBES: usize = 100;
 const RULES: usize = 10_000;
-const REQUESTS: usize = 10_000;
+const REQUESTS: usize = 20_000;
 const BIN: &str = env!("CARGO_BIN_EXE_qubes-pci-admin");
 const DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/upstream/policy_engine.py");
 
@@ -47,7 +47,10 @@ fn main() {
     let system: System = serde_json::from_value(serde_json::json!({"domains": domains})).unwrap();
 
     // 10 top-level files plus 10 include files, 500 rules each.
-    let dir = tempfile::tempdir().unwrap();
+    // POLICY_BENCH_DIR keeps the generated files there (for profiling).
+    let kept = std::env::var_os("POLICY_BENCH_DIR").map(std::path::PathBuf::from);
+    let temp = tempfile::tempdir().unwrap();
+    let dir = Dir(kept.unwrap_or_else(|| temp.path().to_owned()));
     std::fs::create_dir_all(dir.path().join("include")).unwrap();
     let per_file = RULES / 20;
     for f in 0..10 {
@@ -306,6 +309,15 @@ fn main() {
         one.as_secs_f64() * 1e3,
         up_one.as_secs_f64() / one.as_secs_f64()
     );
+}
+
+/// Where the generated policy is written.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
 }
 
 /// The median wall time of running the command `n` times (output discarded).

@@ -87,7 +87,7 @@ fn check_rule(rule: &qubes_pci_admin::policy::parser::Rule, want: &Value) -> Res
             "lineno" => Value::from(rule.lineno),
             "params" => {
                 for (pk, pv) in v.as_object().unwrap() {
-                    let got = match (&rule.action, pk.as_str()) {
+                    let got = match (&*rule.action, pk.as_str()) {
                         (Action::Allow { target, .. } | Action::Ask { target, .. }, "target") => tok(target.as_ref()),
                         (Action::Ask { default_target, .. }, "default_target") => tok(default_target.as_ref()),
                         (Action::Allow { user, .. } | Action::Ask { user, .. }, "user") => opt_str(user),

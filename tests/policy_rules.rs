@@ -233,6 +233,52 @@ fn old_syntax_substitutions_and_directives() {
     assert!(Policy::load_entry(&bad, std::path::Path::new("main"), std::path::Path::new("compat")).is_err());
 }
 
+/// An action's text is parsed once and shared, but what else decides
+/// whether it parses still counts: the `@default` target column, and
+/// whether commas separate (the legacy syntax).
+#[test]
+fn a_repeated_action_is_judged_with_its_own_rule() {
+    let err = Policy::parse_text("svc * vm1 vm2 allow\nsvc * vm1 @default allow\n", "f")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("f:2: ") && err.contains("must specify target="), "{err}");
+
+    let fs = MemFs {
+        files: [
+            (
+                "main".to_owned(),
+                "!include-service svc +arg old\nsvc * vm1 vm2 allow,user=root\n".to_owned(),
+            ),
+            ("old".to_owned(), "vm1 vm2 allow,user=root\n".to_owned()),
+        ]
+        .into(),
+    };
+    let err = Policy::load_entry(&fs, std::path::Path::new("main"), std::path::Path::new("compat"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("main:2: ") && err.contains("invalid action"), "{err}");
+
+    // Every rule still gets its own line and the shared action.
+    let p = Policy::parse_text("svc * vm1 vm2 deny notify=no\nsvc * vm2 vm1 deny notify=no\n", "f").unwrap();
+    assert_eq!((p.rules[0].lineno, p.rules[1].lineno), (1, 2));
+    assert_eq!(p.rules[1].to_string(), "svc\t*\tvm2\tvm1\tdeny");
+}
+
+/// In the legacy syntax a comma separates as a space does on every line,
+/// as upstream replaces each comma before splitting, non-ASCII lines too.
+#[test]
+fn legacy_commas_separate_on_a_non_ascii_line() {
+    let fs = MemFs {
+        files: [
+            ("main".to_owned(), "!include-service svc +arg old\n".to_owned()),
+            ("old".to_owned(), "vm1 vm2 allow,user=r\u{e9}mi\n".to_owned()),
+        ]
+        .into(),
+    };
+    let p = Policy::load_entry(&fs, std::path::Path::new("main"), std::path::Path::new("compat")).unwrap();
+    assert_eq!(p.rules[0].to_string(), "svc\t+arg\tvm1\tvm2\tallow user=r\u{e9}mi");
+}
+
 #[test]
 fn loopback_is_refused_at_execution() {
     let sys = system();

@@ -37,8 +37,10 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    let loaded = Policy::load_dirs(&svc.sources.config.policy_dirs());
-    if let Err(e) = &loaded {
+    // Never freed: the process ends after this command, and freeing every
+    // rule one by one costs more than the kernel's teardown of the memory.
+    let loaded = std::mem::ManuallyDrop::new(Policy::load_dirs(&svc.sources.config.policy_dirs()));
+    if let Err(e) = &*loaded {
         // Not a decision: the command could not run (qrexec would deny
         // everything until the policy loads).
         eprintln!("qubes-pci-admin: the policy does not load, so qrexec denies every call: {e}");
@@ -72,12 +74,9 @@ pub fn policy(svc: &Service, cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
                 // Why, after qrexec-policy-exec's lines: the deciding rule
                 // and, for a deny, the reason.
                 let v = eval.to_json(&system);
-                let rule = v
-                    .get("rule")
-                    .and_then(|r| r.as_str())
-                    .unwrap_or("none (no rule matches)");
+                let rule = v.rule.unwrap_or("none (no rule matches)");
                 write!(out, "\nrule={rule}")?;
-                if let Some(reason) = v.get("error").and_then(|r| r.as_str()) {
+                if let Some(reason) = v.error {
                     write!(out, "\nreason={}", reason.replace('\n', " "))?;
                 }
             }

@@ -92,9 +92,9 @@ pub fn verify_target(target: &str, system: &System) -> Result<String, Denied> {
     Ok(match tok {
         Token::Literal(l) => {
             if system.get(&l).is_some() {
-                l
+                l.to_string()
             } else {
-                tracing::debug!(target = l, "policy: unknown target, using @default");
+                tracing::debug!(target = &*l, "policy: unknown target, using @default");
                 "@default".to_owned()
             }
         }
@@ -184,7 +184,7 @@ impl Policy {
             notify,
             rule: Some(loc.clone()),
         };
-        match &rule.action {
+        match &*rule.action {
             Action::Deny { notify } => Err(deny(format!("denied by policy {loc}"), *notify)),
             Action::Allow {
                 target,
@@ -282,17 +282,21 @@ impl Policy {
         let mut set = Mask::default();
         let source = Subject::new(&req.source, system);
         let numbers: Vec<usize> = self.index.candidates(&req.service, &req.argument, &source).collect();
-        let tokens = self.index.tokens();
+        let tokens = self.index.tokens(&self.rules);
         for &i in numbers.iter().rev() {
             let Some(rule) = self.rules.get(i) else { continue };
             if !rule_matches_but_target(rule, req, &source, system) {
                 continue;
             }
-            let Some((id, token)) = self.index.ask_token(i).and_then(|id| Some((id, tokens.get(id)?))) else {
+            let Some((id, token)) = self
+                .index
+                .ask_token(&self.rules, i)
+                .and_then(|id| Some((id, tokens.get(id)?)))
+            else {
                 continue;
             };
             let expanded = universe.mask_numbered(id, token);
-            match rule.action {
+            match *rule.action {
                 Action::Deny { .. } => set.remove(expanded),
                 _ => set.add(expanded),
             }

@@ -9,28 +9,51 @@
 //! matching rule is the same one a scan of the whole policy finds.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::Arc;
 
 use super::parser::Rule;
-use super::token::{is_dom0, Subject, Token};
+use super::token::{is_dom0, Name, Subject, Token};
 
 /// Rule numbers by service and argument, then by the source they name.
 #[derive(Clone, Debug, Default)]
 pub struct RuleIndex {
-    services: HashMap<Arc<str>, ServiceRules>,
+    services: HashMap<Name, ServiceRules>,
     /// Rules whose service is `*` (their argument is `*` too).
     any_service: Group,
-    /// For each rule, the number of the token an `ask` collects targets
-    /// from (its `target=`, else its target column) among `tokens`.
-    ask_token: Vec<u32>,
+    /// Built on the first `ask` that collects targets: most loads never
+    /// need it (a process answering one call, a policy with no `ask`).
+    ask_tokens: std::sync::OnceLock<AskTokens>,
+}
+
+/// For each rule, the number of the token an `ask` collects targets from
+/// (its `target=`, else its target column) among `tokens`.
+#[derive(Clone, Debug, Default)]
+struct AskTokens {
+    of_rule: Vec<u32>,
     /// Each distinct such token once.
     tokens: Vec<Token>,
+}
+
+impl AskTokens {
+    fn build(rules: &[Rule]) -> AskTokens {
+        let mut out = AskTokens::default();
+        let mut ids: HashMap<&Token, u32> = HashMap::default();
+        for rule in rules {
+            let token = rule.action.redirect().unwrap_or(&rule.target);
+            let next = u32::try_from(out.tokens.len()).unwrap_or(u32::MAX);
+            let id = *ids.entry(token).or_insert_with(|| {
+                out.tokens.push(token.clone());
+                next
+            });
+            out.of_rule.push(id);
+        }
+        out
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 struct ServiceRules {
     /// Rules naming this service and one argument, by argument (`+ARG`).
-    by_arg: HashMap<Arc<str>, Group>,
+    by_arg: HashMap<Name, Group>,
     /// Rules naming this service with argument `*`.
     any_arg: Group,
 }
@@ -40,26 +63,18 @@ struct ServiceRules {
 /// qube with that tag; the rest are checked for every source.
 #[derive(Clone, Debug, Default)]
 struct Group {
-    by_name: HashMap<String, Vec<u32>>,
-    by_tag: HashMap<String, Vec<u32>>,
+    by_name: HashMap<Name, Vec<u32>>,
+    by_tag: HashMap<Name, Vec<u32>>,
     rest: Vec<u32>,
-}
-
-/// Appends `n` to `map[key]`, copying the key only the first time.
-fn push_keyed(map: &mut HashMap<String, Vec<u32>>, key: &str, n: u32) {
-    match map.get_mut(key) {
-        Some(v) => v.push(n),
-        None => {
-            map.insert(key.to_owned(), vec![n]);
-        }
-    }
 }
 
 impl Group {
     fn push(&mut self, n: u32, source: &Token) {
         match source {
-            Token::Literal(l) if !is_dom0(l) && !l.starts_with("uuid:") => push_keyed(&mut self.by_name, l, n),
-            Token::Tag(t) => push_keyed(&mut self.by_tag, t, n),
+            Token::Literal(l) if !is_dom0(l) && !l.starts_with("uuid:") => {
+                self.by_name.entry(l.clone()).or_default().push(n);
+            }
+            Token::Tag(t) => self.by_tag.entry(t.clone()).or_default().push(n),
             _ => self.rest.push(n),
         }
     }
@@ -71,7 +86,11 @@ impl Group {
             out.push(l);
         }
         if !self.by_tag.is_empty() {
-            out.extend(tags.iter().filter_map(|t| self.by_tag.get(t)).map(Vec::as_slice));
+            out.extend(
+                tags.iter()
+                    .filter_map(|t| self.by_tag.get(t.as_str()))
+                    .map(Vec::as_slice),
+            );
         }
         if !self.rest.is_empty() {
             out.push(&self.rest);
@@ -83,16 +102,8 @@ impl RuleIndex {
     /// Indexes `rules` (at most `u32::MAX` of them; the loader caps far lower).
     pub fn build(rules: &[Rule]) -> RuleIndex {
         let mut index = RuleIndex::default();
-        let mut token_ids: HashMap<&Token, u32> = HashMap::default();
         for (i, rule) in rules.iter().enumerate() {
             let Ok(n) = u32::try_from(i) else { break };
-            let token = rule.action.redirect().unwrap_or(&rule.target);
-            let next = u32::try_from(index.tokens.len()).unwrap_or(u32::MAX);
-            let id = *token_ids.entry(token).or_insert_with(|| {
-                index.tokens.push(token.clone());
-                next
-            });
-            index.ask_token.push(id);
             let group = match (&rule.service, &rule.argument) {
                 (None, _) => &mut index.any_service,
                 (Some(s), None) => &mut index.services.entry(s.clone()).or_default().any_arg,
@@ -109,14 +120,16 @@ impl RuleIndex {
         index
     }
 
-    /// The distinct ask tokens; [`RuleIndex::ask_token`] numbers them.
-    pub fn tokens(&self) -> &[Token] {
-        &self.tokens
+    /// The distinct ask tokens of `rules` (the rules this index was built
+    /// from); [`RuleIndex::ask_token`] numbers them.
+    pub fn tokens(&self, rules: &[Rule]) -> &[Token] {
+        &self.ask_tokens.get_or_init(|| AskTokens::build(rules)).tokens
     }
 
     /// The number of rule `rule`'s ask token among [`RuleIndex::tokens`].
-    pub fn ask_token(&self, rule: usize) -> Option<usize> {
-        self.ask_token.get(rule).map(|&id| id as usize)
+    pub fn ask_token(&self, rules: &[Rule], rule: usize) -> Option<usize> {
+        let ask = self.ask_tokens.get_or_init(|| AskTokens::build(rules));
+        ask.of_rule.get(rule).map(|&id| id as usize)
     }
 
     /// The numbers of the rules that can match a call of `service` with

@@ -118,7 +118,7 @@ fn denied_by_rule(
 /// spelling it names, so a call spelling the device the other way (port
 /// only, or port and device id) is not allowed by it.
 pub fn argument_warnings(policy: &Policy) -> Vec<String> {
-    let names = |service: &Option<Arc<str>>, arg: &str| {
+    let names = |service: &Option<token::Name>, arg: &str| {
         policy
             .rules
             .iter()
@@ -135,7 +135,7 @@ pub fn argument_warnings(policy: &Policy) -> Vec<String> {
                 Some(c) if c == arg => {
                     let dev = qubes_pci_rpc::DeviceRef::from_qarg(arg).ok()?;
                     let port = dev.port.as_option()?;
-                    if matches!(r.action, parser::Action::Deny { .. }) {
+                    if matches!(*r.action, parser::Action::Deny { .. }) {
                         return None;
                     }
                     let (other, named) = match dev.device_id {
@@ -156,7 +156,7 @@ pub fn argument_warnings(policy: &Policy) -> Vec<String> {
                         "it names dom0:{port} by one spelling, so a call naming the device {other} is not {} by \
                          it (a deny holds for every spelling, an {} only for its own): add a rule for that \
                          spelling too, or use *",
-                        if matches!(r.action, parser::Action::Ask { .. }) {
+                        if matches!(*r.action, parser::Action::Ask { .. }) {
                             "asked"
                         } else {
                             "allowed"
@@ -236,7 +236,7 @@ pub fn rule_warnings(policy: &Policy) -> Vec<String> {
         }
         let admin = service.starts_with("admin.");
         let to_dom0 = matches!(r.target.to_string().as_str(), "@adminvm" | "dom0");
-        if let (true, false, parser::Action::Allow { target: None, .. }) = (admin, to_dom0, &r.action) {
+        if let (true, false, parser::Action::Allow { target: None, .. }) = (admin, to_dom0, &*r.action) {
             out.push(format!(
                 "{}: warning: this allow of {service} has no target=dom0, so qrexec runs the call in the \
                  requested qube ({}), not in dom0 where the Admin API is: add target=dom0",
@@ -318,6 +318,25 @@ pub fn check_service(
     }
 }
 
+/// `policy eval --json`'s object for one evaluation: every key always
+/// present (null when it does not apply), in sorted order.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EvaluationJson<'a> {
+    pub autostart: Option<bool>,
+    pub default_target: Option<&'a str>,
+    /// Why the call is denied (for a deny, or an allow qrexec could not run).
+    pub error: Option<String>,
+    pub notify: bool,
+    pub requested_target: Option<&'a str>,
+    /// `allow`, `ask` or `deny`.
+    pub result: &'static str,
+    /// `FILE:LINE` of the deciding rule.
+    pub rule: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub targets_for_ask: Option<&'a std::collections::BTreeSet<String>>,
+    pub user: Option<&'a str>,
+}
+
 /// The result of `policy eval`: one evaluation with everything it decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Evaluation {
@@ -359,8 +378,21 @@ impl Evaluation {
         }
     }
 
-    pub fn to_json(&self, system: &System) -> serde_json::Value {
-        let requested = self.request.as_ref().map(|r| r.target.clone());
+    /// The `--json` object of `policy eval` (keys in sorted order).
+    pub fn to_json(&self, system: &System) -> EvaluationJson<'_> {
+        let requested_target = self.request.as_ref().map(|r| r.target.as_str());
+        let none = EvaluationJson {
+            autostart: None,
+            default_target: None,
+            error: None,
+            notify: false,
+            requested_target,
+            result: "deny",
+            rule: None,
+            target: None,
+            targets_for_ask: None,
+            user: None,
+        };
         match &self.outcome {
             Ok(Resolution::Allow(a)) => {
                 let error = self
@@ -368,16 +400,33 @@ impl Evaluation {
                     .as_ref()
                     .and_then(|r| a.execute(r, &r.target, system).err())
                     .map(|d| d.message);
-                json!({"result": if error.is_some() { "deny" } else { "allow" }, "target": a.target, "user": a.user, "notify": a.notify,
-                       "autostart": a.autostart, "requested_target": requested, "default_target": null,
-                       "targets_for_ask": null, "rule": a.rule, "error": error})
+                EvaluationJson {
+                    autostart: Some(a.autostart),
+                    result: if error.is_some() { "deny" } else { "allow" },
+                    error,
+                    notify: a.notify,
+                    rule: Some(&a.rule),
+                    target: Some(&a.target),
+                    user: a.user.as_deref(),
+                    ..none
+                }
             }
-            Ok(Resolution::Ask(a)) => json!({"result": "ask", "target": null, "user": a.user, "notify": a.notify,
-                       "autostart": a.autostart, "requested_target": requested, "default_target": a.default_target,
-                       "targets_for_ask": a.targets, "rule": a.rule, "error": null}),
-            Err(d) => json!({"result": "deny", "target": null, "user": null, "notify": d.notify, "autostart": null,
-                       "requested_target": requested, "default_target": null, "targets_for_ask": null,
-                       "rule": d.rule, "error": d.message}),
+            Ok(Resolution::Ask(a)) => EvaluationJson {
+                autostart: Some(a.autostart),
+                default_target: a.default_target.as_deref(),
+                notify: a.notify,
+                result: "ask",
+                rule: Some(&a.rule),
+                targets_for_ask: Some(&a.targets),
+                user: a.user.as_deref(),
+                ..none
+            },
+            Err(d) => EvaluationJson {
+                error: Some(d.message.clone()),
+                notify: d.notify,
+                rule: d.rule.as_deref(),
+                ..none
+            },
         }
     }
 

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::FxHashSet as HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::index::RuleIndex;
-use super::token::{Ctx, Token};
+use super::token::{Ctx, Name, Token};
 
 /// The legacy (R4.0) per-service policy directory, for `!compat-4.0`.
 pub const COMPAT_DIR: &str = "/etc/qubes-rpc/policy";
@@ -132,7 +132,7 @@ impl PolicyFs for MemFs {
 }
 
 /// `allow`, `deny` or `ask` with their parameters.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     Deny {
         notify: bool,
@@ -179,14 +179,15 @@ impl Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// `None` is `*`.
-    pub service: Option<Arc<str>>,
+    pub service: Option<Name>,
     /// `None` is `*`; otherwise starts with `+`.
-    pub argument: Option<Arc<str>>,
+    pub argument: Option<Name>,
     pub source: Token,
     pub target: Token,
-    pub action: Action,
+    /// Shared by every rule with the same action and parameters.
+    pub action: Arc<Action>,
     /// Shared by every rule of the file.
-    pub file: Arc<str>,
+    pub file: Name,
     pub lineno: usize,
 }
 
@@ -210,7 +211,7 @@ impl fmt::Display for Rule {
             self.target,
             self.action.name()
         )?;
-        let (target, default_target, user) = match &self.action {
+        let (target, default_target, user) = match &*self.action {
             Action::Deny { .. } => (None, None, None),
             Action::Allow { target, user, .. } => (target.as_ref(), None, user.as_ref()),
             Action::Ask {
@@ -233,43 +234,138 @@ impl fmt::Display for Rule {
     }
 }
 
+/// The fields of a line, without a heap allocation for a line of up to
+/// [`Fields::FEW`] fields (every valid rule has at most ten).
+enum Fields<'a> {
+    Few([&'a str; Fields::FEW], usize),
+    Many(Vec<&'a str>),
+}
+
+impl Fields<'_> {
+    const FEW: usize = 12;
+}
+
+impl<'a> std::ops::Deref for Fields<'a> {
+    type Target = [&'a str];
+    fn deref(&self) -> &[&'a str] {
+        match self {
+            Fields::Few(a, n) => a.get(..*n).unwrap_or_default(),
+            Fields::Many(v) => v,
+        }
+    }
+}
+
+impl<'a> Fields<'a> {
+    fn collect(mut it: impl Iterator<Item = &'a str>) -> Fields<'a> {
+        let mut few = [""; Fields::FEW];
+        let mut n = 0;
+        for slot in &mut few {
+            match it.next() {
+                Some(f) => {
+                    *slot = f;
+                    n += 1;
+                }
+                None => return Fields::Few(few, n),
+            }
+        }
+        match it.next() {
+            None => Fields::Few(few, n),
+            Some(f) => Fields::Many(few.into_iter().chain([f]).chain(it).collect()),
+        }
+    }
+}
+
 /// The whitespace-separated fields of a line, as Python's `str.split()`
 /// with no argument gives them for the characters Rust counts as
 /// whitespace; ASCII lines (nearly all) take a byte-wise fast path.
-fn fields(line: &str) -> Vec<&str> {
+fn fields(line: &str) -> Fields<'_> {
     fields_split(line, false)
 }
 
 /// [`fields`], with `,` a separator too when `commas` (the legacy syntax).
-fn fields_split(line: &str, commas: bool) -> Vec<&str> {
+fn fields_split(line: &str, commas: bool) -> Fields<'_> {
+    Fields::collect(field_iter(line, commas))
+}
+
+/// The fields of [`fields_split`], one at a time.
+fn field_iter(line: &str, commas: bool) -> FieldIter<'_> {
     if !line.is_ascii() {
-        // Non-ASCII lines are rare; commas only ever separate in the legacy
-        // syntax, handled by the caller's replacement there.
-        return line.split_whitespace().collect();
+        // Non-ASCII lines are rare (and never a valid rule).
+        let separates = move |c: char| c.is_whitespace() || (commas && c == ',');
+        let all: Vec<&str> = line.split(separates).filter(|f| !f.is_empty()).collect();
+        return FieldIter::Other(all.into_iter());
     }
-    let bytes = line.as_bytes();
-    // `split_ascii_whitespace` leaves out vertical tab (0x0b), which Rust's
-    // (and Python's) whitespace includes.
-    if !commas && memchr::memchr(0x0b, bytes).is_none() {
-        return line.split_ascii_whitespace().collect();
-    }
-    let separator = |b: u8| b.is_ascii_whitespace() || b == 0x0b || (commas && b == b',');
-    let mut out = Vec::with_capacity(8);
-    let mut start = None;
-    for (i, &b) in bytes.iter().enumerate() {
-        match (separator(b), start) {
-            (true, Some(s)) => {
-                out.extend(line.get(s..i));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
+    FieldIter::Ascii(AsciiFields { line, pos: 0, commas })
+}
+
+enum FieldIter<'a> {
+    Ascii(AsciiFields<'a>),
+    Other(std::vec::IntoIter<&'a str>),
+}
+
+impl<'a> Iterator for FieldIter<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            FieldIter::Ascii(a) => a.next(),
+            FieldIter::Other(o) => o.next(),
         }
     }
-    if let Some(s) = start {
-        out.extend(line.get(s..));
+}
+
+/// The next `N` fields, or `None` when the line has fewer.
+fn next_fields<'a, const N: usize>(it: &mut impl Iterator<Item = &'a str>) -> Option<[&'a str; N]> {
+    let mut out = [""; N];
+    for slot in &mut out {
+        *slot = it.next()?;
     }
-    out
+    Some(out)
+}
+
+/// The rest of `line` from `field` (a slice of it) on.
+fn from_field<'a>(line: &'a str, field: &str) -> &'a str {
+    let offset = (field.as_ptr() as usize).saturating_sub(line.as_ptr() as usize);
+    line.get(offset..).unwrap_or_default()
+}
+
+/// The fields of an ASCII line, byte by byte. `split_ascii_whitespace`
+/// would leave out vertical tab (0x0b), which Rust's (and Python's)
+/// whitespace includes.
+struct AsciiFields<'a> {
+    line: &'a str,
+    pos: usize,
+    commas: bool,
+}
+
+impl AsciiFields<'_> {
+    /// Space, tab, line feed, vertical tab, form feed, carriage return;
+    /// and `,` in the legacy syntax.
+    fn separates(&self, b: u8) -> bool {
+        b == b' ' || b.wrapping_sub(b'\t') < 5 || (self.commas && b == b',')
+    }
+}
+
+impl<'a> Iterator for AsciiFields<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let bytes = self.line.as_bytes();
+        let mut start = self.pos;
+        while bytes.get(start).is_some_and(|&b| self.separates(b)) {
+            start += 1;
+        }
+        if start >= bytes.len() {
+            self.pos = start;
+            return None;
+        }
+        let mut end = start + 1;
+        while bytes.get(end).is_some_and(|&b| !self.separates(b)) {
+            end += 1;
+        }
+        self.pos = end;
+        // ASCII: every byte offset is a character boundary.
+        self.line.get(start..end)
+    }
 }
 
 fn rpcname_ok(s: &str) -> bool {
@@ -307,52 +403,68 @@ fn yes_no(key: &str, v: &str) -> Result<bool, String> {
     }
 }
 
-/// An action's `KEY=VALUE` parameters, in the order given (a rule has a
-/// handful at most).
-struct Params<'a>(Vec<(&'a str, &'a str)>);
-
-impl<'a> Params<'a> {
-    fn get(&self, key: &str) -> Option<&&'a str> {
-        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
-    }
-}
+/// The parameters an action may take, in the order of [`PARAM_KEYS`].
+const PARAM_KEYS: [&str; 5] = ["target", "default_target", "user", "notify", "autostart"];
 
 /// Parses `ACTION [PARAM=VALUE …]` for a rule whose TARGET column is `target`.
 pub fn parse_action(action: &str, params: &[&str], target: &Token) -> Result<Action, String> {
-    let mut given = Params(Vec::with_capacity(params.len()));
+    parse_action_with(action, params, target, &mut |s| Name::from(s))
+}
+
+/// [`parse_action`], taking each name through `name` (the loader's interner).
+fn parse_action_with(
+    action: &str,
+    params: &[&str],
+    target: &Token,
+    name: &mut dyn FnMut(&str) -> Name,
+) -> Result<Action, String> {
+    // Known keys in their slots; any other key (an error below) in `unknown`.
+    let mut known: [Option<&str>; PARAM_KEYS.len()] = [None; PARAM_KEYS.len()];
+    let mut unknown: Vec<&str> = Vec::new();
     for p in params {
         let (k, v) = p
             .split_once('=')
             .ok_or_else(|| format!("invalid action parameter syntax: {p:?}"))?;
-        if given.get(k).is_some() {
+        let slot = PARAM_KEYS
+            .iter()
+            .position(|key| *key == k)
+            .and_then(|i| known.get_mut(i));
+        let given_twice = match slot {
+            Some(slot) => slot.replace(v).is_some(),
+            None if unknown.contains(&k) => true,
+            None => {
+                unknown.push(k);
+                false
+            }
+        };
+        if given_twice {
             return Err(format!("parameter given twice: {k}"));
         }
-        given.0.push((k, v));
     }
+    let get = |key: &str| {
+        PARAM_KEYS
+            .iter()
+            .position(|k| *k == key)
+            .and_then(|i| known.get(i).copied().flatten())
+    };
     let allowed: &[&str] = match action {
         "deny" => &["notify"],
         "allow" => &["target", "user", "notify", "autostart"],
-        "ask" => &["target", "default_target", "user", "notify", "autostart"],
+        "ask" => &PARAM_KEYS,
         other => return Err(format!("invalid action: {other:?}")),
     };
-    let mut unknown: Vec<&str> = given
-        .0
-        .iter()
-        .map(|(k, _)| *k)
-        .filter(|k| !allowed.contains(k))
-        .collect();
+    unknown.extend(PARAM_KEYS.iter().filter(|k| !allowed.contains(k) && get(k).is_some()));
     unknown.sort_unstable();
     if !unknown.is_empty() {
         return Err(format!("invalid parameters for action {action}: {unknown:?}"));
     }
-    let notify = given.get("notify").map(|v| yes_no("notify", v)).transpose()?;
-    let autostart = given
-        .get("autostart")
+    let notify = get("notify").map(|v| yes_no("notify", v)).transpose()?;
+    let autostart = get("autostart")
         .map(|v| yes_no("autostart", v))
         .transpose()?
         .unwrap_or(true);
-    let redirect = |k: &str| given.get(k).map(|v| Token::parse(v, Ctx::Redirect)).transpose();
-    let user = given.get("user").map(|u| u.to_string()).filter(|u| !u.is_empty());
+    let mut redirect = |k: &str| get(k).map(|v| Token::parse_with(v, Ctx::Redirect, name)).transpose();
+    let user = get("user").filter(|u| !u.is_empty()).map(str::to_owned);
     Ok(match action {
         "deny" => Action::Deny {
             notify: notify.unwrap_or(true),
@@ -399,8 +511,13 @@ struct Loader<'a> {
     loads: usize,
     stack: Vec<PathBuf>,
     compat_dir: PathBuf,
-    /// One shared copy of each service, argument and file name.
-    names: HashMap<String, Arc<str>>,
+    /// One shared copy of each service, argument, file name and name in a
+    /// token.
+    names: HashSet<Name>,
+    /// One shared copy of each action, by its text (the line from the
+    /// action on), the syntax (commas separate) and whether the rule's
+    /// target is `@default`.
+    actions: ActionCache,
     /// `Some` when every error is collected and loading goes on (lint);
     /// `None` when the first error ends the load.
     errors: Option<Vec<PolicyError>>,
@@ -415,7 +532,8 @@ impl<'a> Loader<'a> {
             loads: 0,
             stack: Vec::new(),
             compat_dir: compat_dir.to_owned(),
-            names: HashMap::default(),
+            names: HashSet::default(),
+            actions: ActionCache::default(),
             errors: None,
         }
     }
@@ -431,13 +549,8 @@ impl<'a> Loader<'a> {
         }
     }
 
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.names.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.names.insert(s.to_owned(), a.clone());
-        a
+    fn intern(&mut self, s: &str) -> Name {
+        intern(&mut self.names, s)
     }
 
     fn finish(self) -> Policy {
@@ -449,8 +562,36 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// Parsed actions by their text, then by the two flags; see
+/// [`Loader::actions`].
+#[derive(Default)]
+struct ActionCache(rustc_hash::FxHashMap<String, Vec<(bool, bool, Arc<Action>)>>);
+
+impl ActionCache {
+    fn get(&self, (text, commas, default): &(&str, bool, bool)) -> Option<&Arc<Action>> {
+        self.0
+            .get(*text)?
+            .iter()
+            .find(|(c, d, _)| c == commas && d == default)
+            .map(|(_, _, a)| a)
+    }
+    fn insert(&mut self, (text, commas, default): (String, bool, bool), action: Arc<Action>) {
+        self.0.entry(text).or_default().push((commas, default, action));
+    }
+}
+
+/// The one shared copy of `s` in `names`.
+fn intern(names: &mut HashSet<Name>, s: &str) -> Name {
+    if let Some(a) = names.get(s) {
+        return a.clone();
+    }
+    let a = Name::from(s);
+    names.insert(a.clone());
+    a
+}
+
 /// The service and argument an old-syntax file is bound to (interned).
-type Binding = (Option<Arc<str>>, Option<Arc<str>>);
+type Binding = (Option<Name>, Option<Name>);
 
 /// Whether a file in a policy directory counts, and whether its name is valid.
 fn policy_file_name(name: &str) -> Option<Result<(), String>> {
@@ -586,7 +727,8 @@ impl Loader<'_> {
             self.files.push(path.to_owned());
         }
         self.stack.push(path.to_owned());
-        let result = self.load_lines(&text, &file, policy_dir, service);
+        let name = self.intern(&file);
+        let result = self.load_lines(&text, &name, policy_dir, service);
         self.stack.pop();
         result
     }
@@ -594,7 +736,7 @@ impl Loader<'_> {
     fn load_lines(
         &mut self,
         text: &str,
-        file: &str,
+        file: &Name,
         policy_dir: &Path,
         service: Option<&Binding>,
     ) -> Result<(), PolicyError> {
@@ -604,14 +746,29 @@ impl Loader<'_> {
         } else {
             std::borrow::Cow::Borrowed(text)
         };
-        for (i, raw) in text.split('\n').enumerate() {
+        // Room for a rule per line at most, in one step.
+        let lines = memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1;
+        self.rules
+            .reserve(lines.min(MAX_RULES.saturating_sub(self.rules.len())));
+        let mut start = 0;
+        let ends = memchr::memchr_iter(b'\n', text.as_bytes()).chain([text.len()]);
+        for (i, end) in ends.enumerate() {
             let lineno = i + 1;
-            let line = raw.trim();
+            let raw = text.get(start..end).unwrap_or_default();
+            start = end + 1;
+            // A line that begins and ends with printable ASCII needs no trim.
+            let printable = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_graphic());
+            let bytes = raw.as_bytes();
+            let line = if printable(bytes.first()) && printable(bytes.last()) {
+                raw
+            } else {
+                raw.trim()
+            };
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let err = |message: String| PolicyError {
-                file: file.to_owned(),
+                file: file.to_string(),
                 line: Some(lineno),
                 message,
             };
@@ -635,9 +792,9 @@ impl Loader<'_> {
             .map_err(|e| format!("in included file: {e}"))
     }
 
-    fn new_syntax_line(&mut self, line: &str, file: &str, lineno: usize, policy_dir: &Path) -> Result<(), String> {
-        let fields = fields(line);
+    fn new_syntax_line(&mut self, line: &str, file: &Name, lineno: usize, policy_dir: &Path) -> Result<(), String> {
         if line.starts_with('!') {
+            let fields = fields(line);
             let (directive, params) = fields.split_first().ok_or("empty directive")?;
             let count = |n: usize| {
                 if params.len() == n {
@@ -672,45 +829,50 @@ impl Loader<'_> {
                 other => Err(format!("invalid directive: {other}")),
             };
         }
-        if fields.len() < 5 {
+        let mut it = field_iter(line, false);
+        let Some([service, argument, source, target, action]) = next_fields(&mut it) else {
             return Err("wrong number of fields".to_owned());
-        }
-        let [service, argument, source, target, action] =
-            [0, 1, 2, 3, 4].map(|i| fields.get(i).copied().unwrap_or_default());
+        };
         let (service, argument) = parse_service_argument(service, argument)?;
         let service = service.map(|s| self.intern(s));
         let argument = argument.map(|a| self.intern(a));
-        self.push_rule(
-            service,
-            argument,
-            source,
-            target,
-            action,
-            fields.get(5..).unwrap_or_default(),
-            file,
-            lineno,
-        )
+        let tail = from_field(line, action);
+        self.push_rule(service, argument, source, target, (tail, false), file, lineno)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn push_rule(
         &mut self,
-        service: Option<Arc<str>>,
-        argument: Option<Arc<str>>,
+        service: Option<Name>,
+        argument: Option<Name>,
         source: &str,
         target: &str,
-        action: &str,
-        params: &[&str],
-        file: &str,
+        (tail, commas): (&str, bool),
+        file: &Name,
         lineno: usize,
     ) -> Result<(), String> {
         if self.rules.len() >= MAX_RULES {
             return Err(format!("the policy has more than {MAX_RULES} rules"));
         }
-        let source = Token::parse(source, Ctx::Source)?;
-        let target = Token::parse(target, Ctx::Target)?;
-        let action = parse_action(action, params, &target)?;
-        let file = self.intern(file);
+        let names = &mut self.names;
+        let mut name = |s: &str| intern(names, s);
+        let source = Token::parse_with(source, Ctx::Source, &mut name)?;
+        let target = Token::parse_with(target, Ctx::Target, &mut name)?;
+        // The same action text parses the same way (given whether the
+        // target is `@default`): most rules repeat a handful of actions.
+        let key = (tail, commas, target == Token::Default);
+        let action = match self.actions.get(&key) {
+            Some(shared) => shared.clone(),
+            None => {
+                let mut fields = field_iter(tail, commas);
+                let action_name = fields.next().unwrap_or_default();
+                let params = Fields::collect(fields);
+                let shared = Arc::new(parse_action_with(action_name, &params, &target, &mut name)?);
+                self.actions.insert((tail.to_owned(), commas, key.2), shared.clone());
+                shared
+            }
+        };
+        let file = file.clone();
         self.rules.push(Rule {
             service,
             argument,
@@ -726,7 +888,7 @@ impl Loader<'_> {
     fn old_syntax_line(
         &mut self,
         line: &str,
-        file: &str,
+        file: &Name,
         lineno: usize,
         policy_dir: &Path,
         binding: &Binding,
@@ -738,9 +900,9 @@ impl Loader<'_> {
         } else {
             std::borrow::Cow::Borrowed(line)
         };
-        let fields = fields_split(&line, true);
         if line.starts_with('!') {
-            return match fields.as_slice() {
+            let fields = fields_split(&line, true);
+            return match &*fields {
                 ["!include", path] => self.include(policy_dir, path, Some(binding)),
                 ["!include", ..] => Err("invalid number of params".to_owned()),
                 _ => Err(format!(
@@ -749,17 +911,17 @@ impl Loader<'_> {
                 )),
             };
         }
-        if fields.len() < 3 {
+        let mut it = field_iter(&line, true);
+        let Some([source, target, action]) = next_fields(&mut it) else {
             return Err("wrong number of fields".to_owned());
-        }
-        let [source, target, action] = [0, 1, 2].map(|i| fields.get(i).copied().unwrap_or_default());
+        };
+        let tail = from_field(&line, action);
         self.push_rule(
             binding.0.clone(),
             binding.1.clone(),
             source,
             target,
-            action,
-            fields.get(3..).unwrap_or_default(),
+            (tail, true),
             file,
             lineno,
         )
@@ -832,7 +994,7 @@ impl Loader<'_> {
                         argument: argument.clone(),
                         source: Token::AnyVm,
                         target,
-                        action: Action::Deny { notify: true },
+                        action: Arc::new(Action::Deny { notify: true }),
                         file: file.clone(),
                         lineno: 0,
                     });

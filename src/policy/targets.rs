@@ -146,13 +146,17 @@ impl<'a> Universe<'a> {
             Token::AdminVm => self.of([self.adminvm]),
             Token::Default => Mask::with_len(self.len),
             Token::DispVm => self.of([self.dispvm]),
-            Token::Tag(t) => self.of(domains().filter(|(_, d)| d.tags.iter().any(|x| x == t)).map(|(i, _)| i)),
-            Token::Type(t) => self.of(domains().filter(|(_, d)| d.klass.as_deref() == Some(t)).map(|(i, _)| i)),
+            Token::Tag(t) => self.of(domains()
+                .filter(|(_, d)| d.tags.iter().any(|x| **x == **t))
+                .map(|(i, _)| i)),
+            Token::Type(t) => self.of(domains()
+                .filter(|(_, d)| d.klass.as_deref() == Some(&**t))
+                .map(|(i, _)| i)),
             Token::DispVmTemplate(x) => {
                 let i = system.get(x).and_then(|(n, _)| self.qube(n));
                 self.of(i.and_then(|i| self.dispvm_of.get(i).copied().flatten()))
             }
-            Token::DispVmTag(t) => self.templates(|d| d.tags.iter().any(|x| x == t)),
+            Token::DispVmTag(t) => self.templates(|d| d.tags.iter().any(|x| **x == **t)),
             Token::AnyVm | Token::Star => {
                 let qubes = self
                     .qubes
