@@ -13,6 +13,24 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qubes-pci-admin");
+const EXEC: &str = env!("CARGO_BIN_EXE_qubes-pci-admin-exec");
+
+/// The thin exec entry linked statically, as the RPM builds it: built here
+/// with `cargo rustc` (the same code as `EXEC`); `None` when that fails
+/// (no static C library), and the case is left out.
+fn static_exec() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/static-exec");
+    let ok = Command::new(env!("CARGO"))
+        .args(["rustc", "--release", "--bin", "qubes-pci-admin-exec", "--target-dir"])
+        .arg(&dir)
+        .args(["--", "-C", "target-feature=+crt-static"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .is_ok_and(|s| s.success());
+    let bin = dir.join("release/qubes-pci-admin-exec");
+    (ok && bin.exists()).then_some(bin)
+}
 const ROUNDS: usize = 300;
 
 fn spawn_once(program: &std::path::Path, envs: &[(&str, String)]) -> (Duration, usize) {
@@ -45,6 +63,22 @@ fn main() {
     std::fs::write(&si, r#"{"domains": {"dom0": {"type": "AdminVM", "tags": []}}}"#).expect("write");
     let link = dir.path().join("admin.vm.device.pci.Available");
     std::os::unix::fs::symlink(BIN, &link).expect("symlink");
+    // The thin entry finds the full binary beside itself.
+    let thin_dir = dir.path().join("thin");
+    std::fs::create_dir(&thin_dir).expect("mkdir");
+    let thin = thin_dir.join("admin.vm.device.pci.Available");
+    std::os::unix::fs::symlink(EXEC, &thin).expect("symlink");
+    std::os::unix::fs::symlink(BIN, thin_dir.join("qubes-pci-admin")).expect("symlink");
+    let static_dir = dir.path().join("static");
+    let static_thin = static_exec().map(|bin| {
+        std::fs::create_dir(&static_dir).expect("mkdir");
+        let copy = static_dir.join("qubes-pci-admin-exec");
+        std::fs::copy(bin, &copy).expect("copy");
+        let link = static_dir.join("admin.vm.device.pci.Available");
+        std::os::unix::fs::symlink(&copy, &link).expect("symlink");
+        std::os::unix::fs::symlink(BIN, static_dir.join("qubes-pci-admin")).expect("symlink");
+        link
+    });
     let full_ids = concat!(env!("OUT_DIR"), "/pci.ids.full");
     let daemon_socket = dir.path().join("daemon.sock");
     let base = vec![
@@ -93,13 +127,29 @@ fn main() {
     }
     let (_, handed_bytes) = spawn_once(&link, &handed);
     assert_eq!(handed_bytes, bytes, "the daemon answers the same");
+    assert_eq!(spawn_once(&thin, &handed).1, bytes, "the thin entry relays the same");
+    assert_eq!(
+        spawn_once(&thin, &with_file).1,
+        bytes,
+        "the thin entry falls back to the same"
+    );
     type Case<'a> = (&'a str, &'a std::path::Path, &'a [(&'a str, String)]);
-    let cases: [Case; 4] = [
+    let mut cases: Vec<Case> = vec![
         ("/bin/true (spawn floor)", std::path::Path::new("/bin/true"), &base),
         ("Available, 256 devices, 1.5 MB pci.ids", &link, &with_file),
         ("Available, 256 devices, built-in pci.ids", &link, &embedded),
         ("Available, handed to the daemon", &link, &handed),
+        ("thin entry, relayed to the daemon", &thin, &handed),
+        ("thin entry, no daemon (runs the full path)", &thin, &with_file),
     ];
+    if let Some(static_thin) = &static_thin {
+        assert_eq!(
+            spawn_once(static_thin, &handed).1,
+            bytes,
+            "the static thin entry relays the same"
+        );
+        cases.push(("thin entry (static), relayed to the daemon", static_thin, &handed));
+    }
     let mut results = Vec::new();
     // Interleave the cases so drift on the machine hits all alike.
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];

@@ -208,6 +208,25 @@ fn main() {
     };
     let (s0, t0, svc0) = &calls[1];
     let one = median_run(15, || ours_cmd(&["policy", "eval", s0, t0, svc0]));
+    // The load alone, as a whole process: a batch of one request minus a
+    // process that only starts (`--version`), interleaved.
+    let one_line = dir.path().join("one.jsonl");
+    std::fs::write(&one_line, lines.lines().next().unwrap_or_default()).unwrap();
+    let (mut starts, mut batches_of_one) = (Vec::new(), Vec::new());
+    for _ in 0..41 {
+        starts.push(time_run(ours_cmd(&["--version"])));
+        let mut c = ours_cmd(&["policy", "eval", "--batch"]);
+        c.stdin(std::fs::File::open(&one_line).unwrap());
+        batches_of_one.push(time_run(c));
+    }
+    starts.sort();
+    batches_of_one.sort();
+    println!(
+        "ours, policy load as a whole process: batch of one {:.2} ms - --version {:.2} ms = {:.2} ms (medians of 41, interleaved)",
+        batches_of_one[20].as_secs_f64() * 1e3,
+        starts[20].as_secs_f64() * 1e3,
+        (batches_of_one[20].as_secs_f64() - starts[20].as_secs_f64()) * 1e3
+    );
     let batch_out = ours_cmd(&["policy", "eval", "--batch"])
         .stdin(std::fs::File::open(&jsonl).unwrap())
         .output()
@@ -318,6 +337,14 @@ impl Dir {
     fn path(&self) -> &std::path::Path {
         &self.0
     }
+}
+
+/// The wall time of one run of `c` (output discarded).
+fn time_run(mut c: Command) -> Duration {
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let t = Instant::now();
+    let _ = c.status().unwrap();
+    t.elapsed()
 }
 
 /// The median wall time of running the command `n` times (output discarded).

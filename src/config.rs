@@ -7,6 +7,14 @@ use std::path::PathBuf;
 /// shadows the file of the same name in a later one.
 pub const DEFAULT_POLICY_DIRS: [&str; 2] = ["/run/qubes/policy.d", "/etc/qubes/policy.d"];
 
+/// The variable naming the daemon's socket, and its default (the thin exec
+/// entry reads them without the rest of this struct).
+pub const DAEMON_SOCKET_ENV: &str = "QUBES_PCI_ADMIN_DAEMON_SOCKET";
+pub const DEFAULT_DAEMON_SOCKET: &str = "/run/qubes-pci-admin.sock";
+/// The variable of `--qubesd-timeout-ms`, and its default.
+pub const QUBESD_TIMEOUT_ENV: &str = "QUBES_PCI_ADMIN_QUBESD_TIMEOUT_MS";
+pub const DEFAULT_QUBESD_TIMEOUT_MS: u64 = 20_000;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
     /// Root of the sysfs tree to read PCI devices from.
@@ -39,8 +47,8 @@ pub struct Config {
     /// Milliseconds qubesd may take to answer one request.
     #[arg(
         long,
-        env = "QUBES_PCI_ADMIN_QUBESD_TIMEOUT_MS",
-        default_value_t = 20_000,
+        env = QUBESD_TIMEOUT_ENV,
+        default_value_t = DEFAULT_QUBESD_TIMEOUT_MS,
         global = true
     )]
     pub qubesd_timeout_ms: u64,
@@ -84,8 +92,8 @@ pub struct Config {
     /// never hand over.
     #[arg(
         long,
-        env = "QUBES_PCI_ADMIN_DAEMON_SOCKET",
-        default_value = "/run/qubes-pci-admin.sock",
+        env = DAEMON_SOCKET_ENV,
+        default_value = DEFAULT_DAEMON_SOCKET,
         global = true
     )]
     pub daemon_socket: PathBuf,

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use qubes_pci_admin::api::Service;
-use qubes_pci_admin::handoff::Handoff;
+use qubes_pci_admin::handoff::{self, Handoff};
 use qubes_pci_admin::serve::{self, ServeOptions};
 use qubes_pci_admin::{logging, Config};
 use qubes_pci_rpc::{DecodeError, ExceptionKind, Reply, UntrustedRequest, UntrustedTarget, MAX_REQUEST};
@@ -366,16 +366,6 @@ fn too_slow(config: &Config, what_to_do: &str) -> Vec<u8> {
     .encode()
 }
 
-/// The qrexec variables exec mode reads.
-const QREXEC_VARS: [&str; 6] = [
-    "QREXEC_REMOTE_DOMAIN",
-    "QREXEC_SERVICE_ARGUMENT",
-    "QREXEC_SERVICE_FULL_NAME",
-    "QREXEC_REQUESTED_TARGET",
-    "QREXEC_REQUESTED_TARGET_TYPE",
-    "QREXEC_REQUESTED_TARGET_KEYWORD",
-];
-
 /// Exec-service mode: qrexec ran `/etc/qubes-rpc/<method>`. The reply is
 /// always written and the exit status is 0 whenever it was, because
 /// qubesadmin discards the reply of a service that exits non-zero. Every
@@ -416,7 +406,7 @@ fn exec_reply(argv0: &str) -> Vec<u8> {
     let argv1 = std::env::args_os().nth(1);
     let request = if argv1.as_ref().is_some_and(|a| a.to_str().is_none()) {
         not_utf8("the service argument is not UTF-8")
-    } else if QREXEC_VARS
+    } else if qubes_pci_rpc::request::QREXEC_VARS
         .iter()
         .any(|k| std::env::var_os(k).is_some_and(|v| v.to_str().is_none()))
     {
@@ -438,18 +428,13 @@ fn exec_reply(argv0: &str) -> Vec<u8> {
     // be framed, or is not valid, is answered here with its typed error).
     if let Ok(untrusted) = &request {
         if untrusted.clone().validate().is_ok() {
-            let timeout = std::time::Duration::from_millis(svc.sources.config.qubesd_timeout_ms.saturating_add(10_000));
-            match qubes_pci_admin::handoff::to_daemon(&svc.sources.config.daemon_socket, untrusted, timeout) {
+            let timeout = handoff::reply_timeout(svc.sources.config.qubesd_timeout_ms);
+            match handoff::to_daemon(&svc.sources.config.daemon_socket, untrusted, timeout) {
                 Handoff::Answered(reply) => return reply,
                 Handoff::NoDaemon => {}
                 Handoff::Broken(e) => {
                     tracing::error!(error = %e, "the daemon took the call but gave no whole reply");
-                    return Reply::error(
-                        ExceptionKind::QubesException,
-                        "qubes-pci-admin stopped while answering this call, so it may or may not have taken \
-                         effect: check with qvm-pci list before trying again",
-                    )
-                    .encode();
+                    return handoff::broken_reply();
                 }
             }
         }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{FakeSysfs, TestEnv, BIN};
+use common::{run, EntryKind, FakeSysfs, TestEnv, BIN};
 
 struct Daemon {
     child: Child,
@@ -583,13 +583,26 @@ fn kept_devices_follow_replacements_driver_changes_and_writes() {
 /// daemon in echo mode, so the answer shows who answered), answers it
 /// itself when nothing listens, and when the daemon takes the call but
 /// dies before replying, says so instead of running the call a second
-/// time.
+/// time: through the thin exec entry (as shipped) and through the full
+/// binary's exec mode alike.
 #[test]
 fn exec_mode_hands_calls_to_the_daemon_and_falls_back_when_none_answers() {
+    for kind in [EntryKind::Thin, EntryKind::Full] {
+        hands_calls_to_the_daemon(kind);
+    }
+}
+
+fn hands_calls_to_the_daemon(kind: EntryKind) {
     let env = policy_env();
-    let call = || env.exec("admin.vm.device.pci.Available", "", "mgmt", "@adminvm", b"");
+    let exec = |source: &str, payload: &[u8]| {
+        run(
+            env.exec_command(kind, "admin.vm.device.pci.Available", "", source, "@adminvm"),
+            payload,
+        )
+    };
+    let call = || exec("mgmt", b"");
     let own = call();
-    assert!(own.stdout.starts_with(b"0\0") && own.stdout.len() > 100);
+    assert!(own.stdout.starts_with(b"0\0") && own.stdout.len() > 100, "{kind:?}");
 
     let socket = env.handoff_socket();
     let mut daemon = Command::new(BIN)
@@ -608,20 +621,20 @@ fn exec_mode_hands_calls_to_the_daemon_and_falls_back_when_none_answers() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The echo daemon answers `0\0` and the payload: the call went there.
-    let handed = env.exec("admin.vm.device.pci.Available", "", "mgmt", "@adminvm", b"");
-    assert_eq!(handed.stdout, b"0\0");
+    assert_eq!(call().stdout, b"0\0", "{kind:?}");
+    assert_eq!(exec("mgmt", b"payload").stdout, b"0\0payload", "{kind:?}");
     // A call that is not valid is answered here, with its typed error.
-    let bad = env.exec("admin.vm.device.pci.Available", "", "mg mt", "@adminvm", b"");
+    let bad = exec("mg mt", b"");
     assert!(
         bad.stdout.starts_with(b"2\0"),
-        "{:?}",
+        "{kind:?} {:?}",
         String::from_utf8_lossy(&bad.stdout)
     );
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 
     // Nothing answers on the (stale) socket: the call is answered here.
-    assert_eq!(call().stdout, own.stdout);
+    assert_eq!(call().stdout, own.stdout, "{kind:?}");
 
     // A listener that takes calls and closes without a reply.
     let _ = std::fs::remove_file(&socket);
@@ -636,12 +649,91 @@ fn exec_mode_hands_calls_to_the_daemon_and_falls_back_when_none_answers() {
     let sent = taker.join().unwrap();
     assert!(
         sent.starts_with(b"admin.vm.device.pci.Available+ mgmt keyword adminvm\0"),
-        "{sent:?}"
+        "{kind:?} {sent:?}"
     );
     let text = String::from_utf8_lossy(&broken.stdout);
-    assert!(text.starts_with("2\0QubesException\0\0"), "{text:?}");
+    assert!(text.starts_with("2\0QubesException\0\0"), "{kind:?} {text:?}");
     assert!(text.contains("check with qvm-pci list"), "{text:?}");
     assert_eq!(broken.status.code(), Some(0));
+    let _ = std::fs::remove_file(&socket);
+}
+
+/// The thin entry streams standard input to the daemon while it waits for
+/// the reply: a caller that never closes its end is cut off by the
+/// daemon's read deadline, and that typed reply reaches the caller (the
+/// entry does not wait for the end of input that never comes).
+#[test]
+fn the_thin_entry_relays_the_daemons_deadline_to_a_caller_that_never_finishes() {
+    let env = policy_env();
+    let socket = env.handoff_socket();
+    let mut daemon = Command::new(BIN)
+        .env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .env("QUBES_PCI_ADMIN_READ_DEADLINE_MS", "300")
+        .envs(env.envs())
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = env.exec_command(
+        EntryKind::Thin,
+        "admin.vm.device.pci.Assign",
+        "dom0+00_14.0",
+        "mgmt",
+        "work",
+    );
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"mode='requ").unwrap();
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        let _ = tx.send(out);
+    });
+    let out = rx.recv_timeout(Duration::from_secs(10));
+    drop(stdin);
+    let _ = child.wait();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let out = out.expect("the thin entry answered while its input was still open");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("2\0ProtocolError\0"), "{text:?}");
+    assert!(text.contains("within 300 ms"), "{text:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// When no daemon answers and the full binary is not beside the thin entry
+/// (a broken install), the caller still gets a typed reply.
+#[test]
+fn the_thin_entry_without_the_full_binary_answers_with_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("admin.vm.device.pci.Available");
+    std::fs::copy(common::EXEC, dir.path().join("qubes-pci-admin-exec")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("qubes-pci-admin-exec"), &link).unwrap();
+    let mut c = Command::new(&link);
+    c.env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .env("QUBES_PCI_ADMIN_DAEMON_SOCKET", dir.path().join("nobody.sock"))
+        .env("QREXEC_REMOTE_DOMAIN", "mgmt")
+        .env("QREXEC_REQUESTED_TARGET_TYPE", "keyword")
+        .env("QREXEC_REQUESTED_TARGET_KEYWORD", "adminvm")
+        .env("QREXEC_SERVICE_ARGUMENT", "");
+    let out = run(c, b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("2\0QubesException\0\0"), "{text:?}");
+    assert!(text.contains("not installed correctly"), "{text:?}");
+    assert_eq!(out.status.code(), Some(0));
 }
 
 /// The daemon keeps dom0's devices between calls only where the kernel's

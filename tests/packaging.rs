@@ -103,7 +103,7 @@ fn every_path_the_packages_install_exists() {
 fn service_entries_name_real_methods_in_both_styles() {
     for (style, target) in [
         ("socket", "/run/qubes-pci-admin.sock"),
-        ("exec", "/usr/bin/qubes-pci-admin"),
+        ("exec", "/usr/bin/qubes-pci-admin-exec"),
     ] {
         let dir = repo(&format!("service/qubes-rpc/{style}"));
         let mut names: Vec<String> = std::fs::read_dir(&dir)

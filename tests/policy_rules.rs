@@ -241,7 +241,10 @@ fn a_repeated_action_is_judged_with_its_own_rule() {
     let err = Policy::parse_text("svc * vm1 vm2 allow\nsvc * vm1 @default allow\n", "f")
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("f:2: ") && err.contains("must specify target="), "{err}");
+    assert!(
+        err.starts_with("f:2: ") && err.contains("must specify target="),
+        "{err}"
+    );
 
     let fs = MemFs {
         files: [

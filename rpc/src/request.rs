@@ -80,6 +80,16 @@ fn split_method_arg(meth_arg: &str) -> (String, String) {
     }
 }
 
+/// The qrexec variables the exec-service form is read from.
+pub const QREXEC_VARS: [&str; 6] = [
+    "QREXEC_REMOTE_DOMAIN",
+    "QREXEC_SERVICE_ARGUMENT",
+    "QREXEC_SERVICE_FULL_NAME",
+    "QREXEC_REQUESTED_TARGET",
+    "QREXEC_REQUESTED_TARGET_TYPE",
+    "QREXEC_REQUESTED_TARGET_KEYWORD",
+];
+
 impl UntrustedRequest {
     /// Decodes the socket-service framing. `untrusted_buf` is everything the
     /// caller sent; the reader must stop after `MAX_REQUEST + 1` bytes.
@@ -133,7 +143,8 @@ impl UntrustedRequest {
         out
     }
 
-    /// Decodes the exec-service form. `argv0` is the program name (its base
+    /// Decodes the exec-service form (from the variables of
+    /// [`QREXEC_VARS`]). `argv0` is the program name (its base
     /// name is the method when qrexec runs `/etc/qubes-rpc/<method>`), `argv1`
     /// the first argument, `env` looks up the environment.
     pub fn decode_exec(

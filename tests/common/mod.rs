@@ -19,6 +19,8 @@ use std::process::{Command, Output, Stdio};
 pub use fakesys::{FakeDev, FakeSysfs};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_qubes-pci-admin");
+/// The thin exec entry the qrexec exec entries link to.
+pub const EXEC: &str = env!("CARGO_BIN_EXE_qubes-pci-admin-exec");
 
 /// The qubes of every test, in qubesd's qubes.xml shape, as a stock dom0
 /// holds them: sys-net, mgmt and gui start running; personal is set to pvh;
@@ -314,12 +316,35 @@ impl TestEnv {
         run(c, payload)
     }
 
-    /// Runs the binary as qrexec runs `/etc/qubes-rpc/<method>`: under the
-    /// method's name, with `QREXEC_*` variables and the argument as argv[1].
+    /// Runs the shipped exec entry as qrexec runs
+    /// `/etc/qubes-rpc/<method>`: the thin `qubes-pci-admin-exec` under the
+    /// method's name (with `qubes-pci-admin` beside it, as installed), with
+    /// `QREXEC_*` variables and the argument as argv[1].
     pub fn exec(&self, method: &str, arg: &str, source: &str, target: &str, payload: &[u8]) -> Output {
-        let link = self.dir.path().join(method);
+        run(self.exec_command(EntryKind::Thin, method, arg, source, target), payload)
+    }
+
+    /// [`TestEnv::exec`], with the full binary as the entry.
+    pub fn exec_full(&self, method: &str, arg: &str, source: &str, target: &str, payload: &[u8]) -> Output {
+        run(self.exec_command(EntryKind::Full, method, arg, source, target), payload)
+    }
+
+    /// The command qrexec would run for `method`, through `entry`.
+    pub fn exec_command(&self, entry: EntryKind, method: &str, arg: &str, source: &str, target: &str) -> Command {
+        let dir = self.dir.path().join(match entry {
+            EntryKind::Thin => "rpc-thin",
+            EntryKind::Full => "rpc-full",
+        });
+        let link = dir.join(method);
         if !link.exists() {
-            std::os::unix::fs::symlink(BIN, &link).unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            match entry {
+                EntryKind::Thin => {
+                    std::os::unix::fs::symlink(EXEC, &link).unwrap();
+                    let _ = std::os::unix::fs::symlink(BIN, dir.join("qubes-pci-admin"));
+                }
+                EntryKind::Full => std::os::unix::fs::symlink(BIN, &link).unwrap(),
+            }
         }
         let mut c = self.command(&link);
         c.env("QREXEC_REMOTE_DOMAIN", source)
@@ -336,8 +361,17 @@ impl TestEnv {
                 .env("QREXEC_REQUESTED_TARGET_TYPE", "name")
                 .env("QREXEC_REQUESTED_TARGET", target),
         };
-        run(c, payload)
+        c
     }
+}
+
+/// Which program an exec entry runs.
+#[derive(Clone, Copy, Debug)]
+pub enum EntryKind {
+    /// `qubes-pci-admin-exec`, as shipped.
+    Thin,
+    /// `qubes-pci-admin` itself in exec mode.
+    Full,
 }
 
 pub fn run(mut c: Command, payload: &[u8]) -> Output {
