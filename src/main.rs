@@ -68,6 +68,10 @@ enum Command {
         /// transport's floor, for benchmarks).
         #[arg(long, hide = true)]
         echo: bool,
+        /// Answer every call with the bytes of this file, doing nothing else
+        /// (the floor for a call whose reply has as many bytes).
+        #[arg(long, hide = true, value_name = "FILE", conflicts_with = "echo")]
+        echo_reply: Option<PathBuf>,
         /// Take device events (kernel uevent messages) from datagrams sent to
         /// this socket instead of the kernel: for a test sysfs tree.
         #[arg(long, hide = true)]
@@ -506,8 +510,17 @@ fn run_with(svc: Service, command: Command) -> anyhow::Result<ExitCode> {
             workers,
             header_deadline_ms,
             echo,
+            echo_reply,
             ..
         } => {
+            let echo = match echo_reply {
+                Some(file) => Some(serve::Echo::Fixed(
+                    std::fs::read(&file)
+                        .with_context(|| format!("reading {}", file.display()))?
+                        .into(),
+                )),
+                None => echo.then_some(serve::Echo::Payload),
+            };
             let opts = ServeOptions {
                 socket,
                 workers,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use qubes_pci_rpc::{DecodeError, ExceptionKind, Reply, UntrustedRequest, MAX_REQUEST};
 
-use super::ServeOptions;
+use super::{Echo, ServeOptions};
 use crate::api::Service;
 
 /// Why a request could not be read whole.
@@ -113,9 +113,15 @@ impl Pending {
 /// Answers one job; `true` when the reply reported success.
 pub fn handle(job: Job, svc: &Service, opts: &ServeOptions) -> bool {
     let (mut stream, bytes, ok) = match job {
-        Job::Request(stream, buf) if opts.echo => {
-            let mut out = b"0\0".to_vec();
-            out.extend_from_slice(buf.split(|b| *b == 0).nth(1).unwrap_or_default());
+        Job::Request(stream, buf) if opts.echo.is_some() => {
+            let out = match &opts.echo {
+                Some(Echo::Fixed(reply)) => reply.to_vec(),
+                _ => {
+                    let mut out = b"0\0".to_vec();
+                    out.extend_from_slice(buf.split(|b| *b == 0).nth(1).unwrap_or_default());
+                    out
+                }
+            };
             (stream, out, true)
         }
         Job::Request(stream, buf) => {

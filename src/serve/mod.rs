@@ -50,9 +50,19 @@ pub struct ServeOptions {
     pub read_deadline: Duration,
     /// How long a client may take to send the header (up to the NUL).
     pub header_deadline: Duration,
-    /// Answer every call with `0\0` and its payload, touching nothing: the
+    /// Answer every call without looking at it, touching nothing: the
     /// transport's own floor, for benchmarks.
-    pub echo: bool,
+    pub echo: Option<Echo>,
+}
+
+/// What a daemon in echo mode answers.
+#[derive(Clone, Debug)]
+pub enum Echo {
+    /// `0\0` and the call's payload.
+    Payload,
+    /// These bytes, whatever the call (a real reply captured before, so that
+    /// the floor copies as many bytes as the call it is compared with).
+    Fixed(std::sync::Arc<[u8]>),
 }
 
 #[derive(Debug, thiserror::Error)]
