@@ -230,6 +230,52 @@ fn main() {
         );
     }
 
+    // One rule check of the qubesd extension (an Assign's facts): asked of
+    // the daemon over its socket, as the extension does when it runs,
+    // against the `check` process it runs otherwise.
+    let facts = br#"{"source": "dom0", "dest": "work", "dest_class": "AppVM", "dest_virt_mode": "hvm",
+        "dest_virt_mode_default": true, "device": {"backend": "dom0", "port": "00_00.0", "device_id": "*"},
+        "mode": "required", "options": {}, "assignments": [], "system": {}}"#;
+    let check_header = "qubes-pci-admin.Check+assign dom0 keyword adminvm";
+    let by_daemon: Vec<Duration> = (0..EXEC_ROUNDS)
+        .map(|_| {
+            let s = Instant::now();
+            let mut c = UnixStream::connect(&real_sock).unwrap();
+            c.write_all(check_header.as_bytes()).unwrap();
+            c.write_all(b"\0").unwrap();
+            c.write_all(facts).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut out = Vec::new();
+            c.read_to_end(&mut out).unwrap();
+            assert!(out.starts_with(b"0\0{\"ok\":"), "{}", String::from_utf8_lossy(&out));
+            s.elapsed()
+        })
+        .collect();
+    let by_process: Vec<Duration> = (0..EXEC_ROUNDS / 2)
+        .map(|_| {
+            let s = Instant::now();
+            let mut child = Command::new(BIN)
+                .env_clear()
+                .envs(envs.iter().map(|(k, v)| (*k, v)))
+                .env("QUBES_PCI_ADMIN_LOG", "off")
+                .args(["check", "assign"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(facts).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.stdout.starts_with(b"{\"ok\":"));
+            s.elapsed()
+        })
+        .collect();
+    println!(
+        "extension rule check (Assign): through the daemon median {:.3} ms; `check` process median {:.2} ms",
+        median(by_daemon).as_secs_f64() * 1e3,
+        median(by_process).as_secs_f64() * 1e3
+    );
+
     // Exec mode: a new process per call, as qrexec runs /etc/qubes-rpc/<method>.
     let mut exec_envs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (*k, v.display().to_string())).collect();
     exec_envs.extend([

@@ -208,6 +208,58 @@ fn system_info(untrusted: &ExtensionFacts) -> SystemInfo {
     }
 }
 
+/// The daemon's method for the extension's rule checks, in qrexec's
+/// socket-service framing (`qubes-pci-admin.Check+KIND dom0 keyword
+/// adminvm`, a NUL, the facts). qrexec never routes it: only a process in
+/// dom0 that can open the daemon's socket can ask, and a check changes
+/// nothing.
+pub const CHECK_METHOD: &str = "qubes-pci-admin.Check";
+
+/// The largest facts document read from the extension by `check`.
+pub const MAX_FACTS: usize = 16 << 20;
+
+/// One check from the extension's JSON facts: the verdict, and whether the
+/// facts could be read (a verdict refusing them otherwise).
+pub fn check_json(config: &Config, kind: Kind, untrusted: &[u8]) -> (Verdict, bool) {
+    if untrusted.len() > MAX_FACTS {
+        return (
+            Verdict::refuse("QubesException", "the facts are too large".into()),
+            false,
+        );
+    }
+    match serde_json::from_slice::<ExtensionFacts>(untrusted) {
+        Ok(facts) => (verdict(&run(config, kind, &facts)), true),
+        Err(e) => (
+            Verdict::refuse(
+                "QubesException",
+                format!("qubes-pci-admin could not read the facts of this call ({e}); refused"),
+            ),
+            false,
+        ),
+    }
+}
+
+/// The daemon's answer to a [`CHECK_METHOD`] call: `0`, a NUL and the
+/// verdict as JSON. A call from anything but dom0, or of a kind this
+/// build does not know, is refused with a typed error (the extension
+/// then asks the binary).
+pub fn answer_check(config: &Config, untrusted_arg: &str, untrusted_source: &str, untrusted_facts: &[u8]) -> Vec<u8> {
+    use clap::ValueEnum;
+    use qubes_pci_rpc::{ExceptionKind, Reply};
+    if untrusted_source != "dom0" {
+        return Reply::error(ExceptionKind::PermissionDenied, "rule checks are for qubesd in dom0").encode();
+    }
+    let Ok(kind) = Kind::from_str(untrusted_arg, false) else {
+        return Reply::error(ExceptionKind::ProtocolError, "unknown rule check").encode();
+    };
+    let (verdict, _) = check_json(config, kind, untrusted_facts);
+    let mut out = b"0\0".to_vec();
+    // A verdict always serialises (strings and a bool); should it not, the
+    // empty object is no verdict and the extension asks the binary.
+    let _ = serde_json::to_writer(&mut out, &verdict);
+    out
+}
+
 /// The answer for the extension.
 pub fn verdict(result: &Result<Decision, ApiError>) -> Verdict {
     match result {

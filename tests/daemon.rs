@@ -658,6 +658,41 @@ fn hands_calls_to_the_daemon(kind: EntryKind) {
     let _ = std::fs::remove_file(&socket);
 }
 
+/// The qubesd extension's rule check through the daemon: a verdict for
+/// dom0, a typed refusal for anyone else or an unknown kind, and facts
+/// that do not parse are a refusing verdict (never an allow).
+#[test]
+fn the_daemon_answers_the_extensions_rule_checks_for_dom0_only() {
+    let env = policy_env();
+    let d = Daemon::start(&env, &[], &[]);
+    let facts = br#"{"source": "dom0", "dest": "work", "dest_class": "AppVM", "dest_virt_mode": "hvm",
+        "device": {"backend": "dom0", "port": "00_1c.0", "device_id": "*"}, "mode": "required",
+        "options": {}, "assignments": [], "system": {}}"#;
+    let verdict = |header: &str, payload: &[u8]| {
+        let reply = sock_call(&d.socket, header, payload).unwrap();
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    let bridge = verdict("qubes-pci-admin.Check+assign dom0 keyword adminvm", facts);
+    assert!(bridge.starts_with("0\0{\"ok\":false"), "{bridge:?}");
+    assert!(bridge.contains("bridge"), "{bridge:?}");
+    let ok = verdict(
+        "qubes-pci-admin.Check+assign dom0 keyword adminvm",
+        &String::from_utf8_lossy(facts)
+            .replace("00_1c.0", "00_14.0")
+            .into_bytes(),
+    );
+    assert_eq!(ok, "0\0{\"ok\":true}");
+    let garbled = verdict("qubes-pci-admin.Check+assign dom0 keyword adminvm", b"{\"source\": ");
+    assert!(
+        garbled.starts_with("0\0{\"ok\":false") && garbled.contains("could not read the facts"),
+        "{garbled:?}"
+    );
+    let from_a_qube = verdict("qubes-pci-admin.Check+assign mgmt keyword adminvm", facts);
+    assert!(from_a_qube.starts_with("2\0PermissionDenied\0"), "{from_a_qube:?}");
+    let unknown = verdict("qubes-pci-admin.Check+frobnicate dom0 keyword adminvm", facts);
+    assert!(unknown.starts_with("2\0ProtocolError\0"), "{unknown:?}");
+}
+
 /// The thin entry streams standard input to the daemon while it waits for
 /// the reply: a caller that never closes its end is cut off by the
 /// daemon's read deadline, and that typed reply reaches the caller (the

@@ -66,31 +66,81 @@ fn the_extension_asks_the_binary_and_raises_its_refusals() {
     )
     .unwrap();
     std::fs::set_permissions(&recorder, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = Command::new("python3")
-        .arg(root.join("tests/extension/test_extension.py"))
-        .env(
-            "PYTHONPATH",
-            format!(
-                "{}:{}",
-                root.join("tests/extension/fakes").display(),
-                root.join("service/qubesd-ext").display()
-            ),
-        )
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("QUBES_PCI_ADMIN_BIN", &recorder)
+    // First with no daemon (every check runs the binary, through the
+    // recorder), then with one: the same tests pass, and not one check
+    // starts a process.
+    let run_suite = |bin: &Path, daemon_socket: &Path| {
+        let out = Command::new("python3")
+            .arg(root.join("tests/extension/test_extension.py"))
+            .env(
+                "PYTHONPATH",
+                format!(
+                    "{}:{}",
+                    root.join("tests/extension/fakes").display(),
+                    root.join("service/qubesd-ext").display()
+                ),
+            )
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("QUBES_PCI_ADMIN_BIN", bin)
+            .env("QUBES_PCI_ADMIN_DAEMON_SOCKET", daemon_socket)
+            .env("QUBES_PCI_ADMIN_SYSFS", sysfs.root())
+            .env("QUBES_PCI_ADMIN_PROCFS", procfs.path())
+            .env("QUBES_PCI_ADMIN_POLICY_DIR", policy.path())
+            .env("QUBES_PCI_ADMIN_LOG", "off")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("13 passed, 0 failed"), "{text}");
+    };
+    let daemon_socket = facts.path().join("daemon.sock");
+    run_suite(&recorder, &daemon_socket);
+
+    let spawned = tempfile::tempdir().unwrap();
+    let counter = spawned.path().join("qubes-pci-admin");
+    std::fs::write(
+        &counter,
+        format!(
+            // Runs the fallback test asks for are marked as such.
+            "#!/bin/sh\ntouch \"{}/$2.$$.${{FALLBACK_EXPECTED:-ran}}\"\nexec \"{BIN}\" \"$@\"\n",
+            spawned.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&counter, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut daemon = Command::new(BIN)
+        .env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
         .env("QUBES_PCI_ADMIN_SYSFS", sysfs.root())
         .env("QUBES_PCI_ADMIN_PROCFS", procfs.path())
         .env("QUBES_PCI_ADMIN_POLICY_DIR", policy.path())
-        .env("QUBES_PCI_ADMIN_LOG", "off")
-        .output()
+        .args(["serve", "--socket"])
+        .arg(&daemon_socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&daemon_socket).is_err() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run_suite(&counter, &daemon_socket);
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let ran: Vec<String> = std::fs::read_dir(spawned.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".ran"))
+        .collect();
+    assert!(
+        ran.is_empty(),
+        "checks started the binary although the daemon answered: {ran:?}"
     );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("11 passed, 0 failed"), "{text}");
 
     let schema = schema();
     let validator = jsonschema::validator_for(&schema).unwrap();

@@ -7,36 +7,18 @@ use std::process::ExitCode;
 use qubes_pci_admin::api::defaults::{self, Recipient};
 use qubes_pci_admin::api::Service;
 use qubes_pci_admin::extension;
-use qubes_pci_rpc::extension::{ExtensionFacts, Verdict};
-
-/// The largest facts document read from the extension.
-const MAX_FACTS: u64 = 16 << 20;
 
 /// `check KIND`: facts on stdin, verdict on stdout.
 pub fn check(svc: &Service, kind: extension::Kind) -> anyhow::Result<ExitCode> {
     let mut input = Vec::new();
-    std::io::stdin().take(MAX_FACTS + 1).read_to_end(&mut input)?;
-    let (verdict, code) = if input.len() as u64 > MAX_FACTS {
-        (Verdict::refuse("QubesException", "the facts are too large".into()), 2)
-    } else {
-        match serde_json::from_slice::<ExtensionFacts>(&input) {
-            Ok(facts) => (
-                extension::verdict(&extension::run(&svc.sources.config, kind, &facts)),
-                0,
-            ),
-            Err(e) => (
-                Verdict::refuse(
-                    "QubesException",
-                    format!("qubes-pci-admin could not read the facts of this call ({e}); refused"),
-                ),
-                2,
-            ),
-        }
-    };
+    std::io::stdin()
+        .take(extension::MAX_FACTS as u64 + 1)
+        .read_to_end(&mut input)?;
+    let (verdict, read) = extension::check_json(&svc.sources.config, kind, &input);
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, &verdict)?;
     writeln!(out)?;
-    Ok(ExitCode::from(code))
+    Ok(ExitCode::from(if read { 0 } else { 2 }))
 }
 
 /// `assign-defaults`: one line per network or USB controller.

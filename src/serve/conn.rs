@@ -124,10 +124,23 @@ pub fn handle(job: Job, svc: &Service, opts: &ServeOptions) -> bool {
             };
             (stream, out, true)
         }
-        Job::Request(stream, buf) => {
-            let r = svc.answer(UntrustedRequest::decode_socket(&buf));
-            (stream, r.bytes, r.ok)
-        }
+        Job::Request(stream, buf) => match UntrustedRequest::decode_socket(&buf) {
+            // The qubesd extension's rule check (see `extension::CHECK_METHOD`).
+            Ok(r) if r.untrusted_method == crate::extension::CHECK_METHOD => {
+                let bytes = crate::extension::answer_check(
+                    &svc.sources.config,
+                    &r.untrusted_arg,
+                    &r.untrusted_source,
+                    &r.untrusted_payload,
+                );
+                let ok = bytes.starts_with(b"0\0");
+                (stream, bytes, ok)
+            }
+            request => {
+                let r = svc.answer(request);
+                (stream, r.bytes, r.ok)
+            }
+        },
         Job::Failed(stream, ReadFailure::HeaderDeadline) => {
             tracing::warn!(
                 deadline_ms = opts.header_deadline.as_millis() as u64,

@@ -5,7 +5,11 @@ it collects, the refusals it raises, and that it fails closed."""
 import asyncio
 import json
 import os
+import contextlib
+import socket
 import sys
+import tempfile
+import threading
 import unittest
 
 import qubes.exc
@@ -204,28 +208,102 @@ class ExtensionTest(unittest.TestCase):
         self.work.running = False
         self.e.on_attach(self.dom0, "ev", dest=self.work, arg="", device=Device("00_14.0"))
 
-    def test_fails_closed_when_the_binary_cannot_answer(self):
-        saved = os.environ["QUBES_PCI_ADMIN_BIN"]
-        os.environ["QUBES_PCI_ADMIN_BIN"] = "/nonexistent/qubes-pci-admin"
-        try:
+    def test_fails_closed_when_neither_daemon_nor_binary_can_answer(self):
+        with environ(QUBES_PCI_ADMIN_BIN="/nonexistent/qubes-pci-admin",
+                     QUBES_PCI_ADMIN_DAEMON_SOCKET="/nonexistent/daemon.sock"):
             with self.assertRaises(qubes.exc.QubesException) as cm:
                 self.assign(self.work, "00_14.0")
             self.assertIn("refused", str(cm.exception))
             self.assertNotIn("/nonexistent", str(cm.exception), "no dom0 path in the refusal")
             self.assertEqual(self.work.log.lines[0][0], "error")
-        finally:
-            os.environ["QUBES_PCI_ADMIN_BIN"] = saved
 
     def test_the_start_check_fails_closed_too(self):
         self.work.devices["pci"].assigned.append(Assignment("00_14.0"))
-        saved = os.environ["QUBES_PCI_ADMIN_BIN"]
-        os.environ["QUBES_PCI_ADMIN_BIN"] = "/nonexistent/qubes-pci-admin"
-        try:
+        with environ(QUBES_PCI_ADMIN_BIN="/nonexistent/qubes-pci-admin",
+                     QUBES_PCI_ADMIN_DAEMON_SOCKET="/nonexistent/daemon.sock"):
             with self.assertRaises(qubes.exc.QubesException) as cm:
                 self.start(self.work)
             self.assertIn("refused", str(cm.exception))
+
+    def test_a_daemon_reply_that_is_no_verdict_sends_the_check_to_the_binary(self):
+        # A daemon that answers with an error, or a verdict cut short, is
+        # not believed: the binary decides, for both kinds of events.
+        for reply in (b"2\0QubesException\0\0no\0", b'0\0{"ok": tr'):
+            with fake_daemon(reply) as path, environ(QUBES_PCI_ADMIN_DAEMON_SOCKET=path,
+                                                     FALLBACK_EXPECTED="expected"):
+                self.assign(self.work, "00_14.0")
+                with self.assertRaises(qubes.exc.QubesValueError):
+                    self.assign(self.usb, "00_1c.0")  # a bridge
+                self.work.devices["pci"].assigned = [Assignment("00_14.0")]
+                self.start(self.work)
+                self.work.devices["pci"].assigned = []
+
+    def test_a_daemon_verdict_is_what_decides_when_one_answers(self):
+        # A daemon that refuses everything: its verdict is raised as is, and
+        # the binary is not asked (it would allow this).
+        refusal = b'0\0{"ok": false, "exception": "QubesException", "message": "the daemon says no"}'
+        with fake_daemon(refusal) as path, environ(QUBES_PCI_ADMIN_DAEMON_SOCKET=path):
+            for call in (lambda: self.assign(self.work, "00_14.0"),
+                         lambda: self.start_with(self.work, "00_14.0")):
+                with self.assertRaises(qubes.exc.QubesException) as cm:
+                    call()
+                self.assertIn("the daemon says no", str(cm.exception))
+
+    def start_with(self, vm, port):
+        vm.devices["pci"].assigned = [Assignment(port)]
+        try:
+            self.start(vm)
         finally:
-            os.environ["QUBES_PCI_ADMIN_BIN"] = saved
+            vm.devices["pci"].assigned = []
+
+
+@contextlib.contextmanager
+def environ(**values):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def fake_daemon(reply):
+    """A socket that reads each call whole and answers `reply`."""
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, "daemon.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(5)
+                while conn.recv(65536):
+                    pass
+                conn.sendall(reply)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+        os.unlink(path)
+        os.rmdir(d)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,23 @@ rules here:
   the fix.
 
 This module holds no rule of its own: it collects the facts qubesd has in
-memory and asks ``qubes-pci-admin check KIND`` (``QUBES_PCI_ADMIN_BIN``,
-default ``/usr/bin/qubes-pci-admin``), which answers with one JSON verdict.
-The shapes of both are the ``ExtensionFacts`` and ``Verdict`` types of the
+memory and asks for one JSON verdict: from the running daemon over its
+socket (``QUBES_PCI_ADMIN_DAEMON_SOCKET``, default
+``/run/qubes-pci-admin.sock``; the call ``qubes-pci-admin.Check+KIND`` in
+qrexec's socket-service framing, the facts as its payload), and when no
+daemon answers, from ``qubes-pci-admin check KIND`` (``QUBES_PCI_ADMIN_BIN``,
+default ``/usr/bin/qubes-pci-admin``). A check changes nothing, so asking
+the binary after the daemon failed is safe. The shapes of facts and
+verdict are the ``ExtensionFacts`` and ``Verdict`` types of the
 ``qubes-pci-rpc`` crate (docs/extension-schema.json). Nothing here calls
-back into qubesd. When the binary cannot answer, the call is refused (fail
+back into qubesd. When neither can answer, the call is refused (fail
 closed).
 
 ``admin-permission:*`` events are fired synchronously, so their handlers
 run the check synchronously. ``domain-pre-start`` is fired asynchronously,
-so its handler is a coroutine that runs the check with asyncio's
-subprocess and never blocks qubesd's event loop. The order of
+so its handler is a coroutine that asks the daemon with asyncio's streams
+(or runs the binary with asyncio's subprocess) and never blocks qubesd's
+event loop. The order of
 ``domain-pre-start`` handlers is undefined: upstream's own PCI handler may
 already have bound the qube's devices to pciback when this one refuses the
 start (they stay unused on pciback until a qube takes them).
@@ -38,6 +44,7 @@ start (they stay unused on pciback until a qube takes them).
 import asyncio
 import json
 import os
+import socket
 import subprocess
 
 import qubes.exc
@@ -50,8 +57,93 @@ CHECK_TIMEOUT = 10
 PCI = "admin.vm.device.pci."
 
 
+#: the daemon's method for rule checks (never routed by qrexec)
+CHECK_METHOD = "qubes-pci-admin.Check"
+
+#: the largest verdict read from the daemon
+MAX_VERDICT = 1 << 20
+
+
 def _binary():
     return os.environ.get("QUBES_PCI_ADMIN_BIN", "/usr/bin/qubes-pci-admin")
+
+
+def _daemon_socket():
+    """The daemon's socket, or None when asking it is turned off."""
+    path = os.environ.get(
+        "QUBES_PCI_ADMIN_DAEMON_SOCKET", "/run/qubes-pci-admin.sock"
+    )
+    return None if path in ("", "none") else path
+
+
+def _daemon_request(kind, facts):
+    """The call in qrexec's socket-service framing: the header, a NUL, the
+    facts."""
+    header = "{}+{} dom0 keyword adminvm".format(CHECK_METHOD, kind)
+    return header.encode() + b"\0" + json.dumps(facts).encode()
+
+
+def _daemon_verdict(reply):
+    """The verdict of a daemon reply (``0\\0`` and a JSON object), or None
+    when it is not one (an error, a reply cut short): the binary is asked
+    then."""
+    if not reply.startswith(b"0\0"):
+        return None
+    try:
+        if isinstance(json.loads(reply[2:].decode()), dict):
+            return reply[2:]
+    except ValueError:
+        pass
+    return None
+
+
+def _ask_daemon(kind, facts):
+    """The daemon's verdict, or None when no daemon answered it whole."""
+    path = _daemon_socket()
+    if path is None:
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(CHECK_TIMEOUT)
+            sock.connect(path)
+            sock.sendall(_daemon_request(kind, facts))
+            sock.shutdown(socket.SHUT_WR)
+            reply = b""
+            while len(reply) <= MAX_VERDICT:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return None
+    return _daemon_verdict(reply)
+
+
+async def _ask_daemon_async(kind, facts):
+    """The same, with asyncio's streams (qubesd's loop goes on)."""
+    path = _daemon_socket()
+    if path is None:
+        return None
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(path), CHECK_TIMEOUT
+        )
+        writer.write(_daemon_request(kind, facts))
+        writer.write_eof()
+        await asyncio.wait_for(writer.drain(), CHECK_TIMEOUT)
+        reply = b""
+        while len(reply) <= MAX_VERDICT:
+            chunk = await asyncio.wait_for(reader.read(65536), CHECK_TIMEOUT)
+            if not chunk:
+                break
+            reply += chunk
+    except (OSError, asyncio.TimeoutError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+    return _daemon_verdict(reply)
 
 
 def _text(value):
@@ -169,8 +261,12 @@ def _judge(kind, stdout, vm):
 
 
 def check(kind, facts, vm):
-    """Asks the binary (for events fired synchronously); raises the refusal
-    it answers, or refuses when it cannot answer."""
+    """Asks the daemon, else the binary (for events fired synchronously);
+    raises the refusal the answer says, or refuses when neither answers."""
+    verdict = _ask_daemon(kind, facts)
+    if verdict is not None:
+        _judge(kind, verdict, vm)
+        return
     try:
         proc = subprocess.run(
             [_binary(), "check", kind],
@@ -185,8 +281,13 @@ def check(kind, facts, vm):
 
 
 async def check_async(kind, facts, vm):
-    """The same for events fired asynchronously: the binary runs as an
-    asyncio subprocess, so qubesd's event loop goes on meanwhile."""
+    """The same for events fired asynchronously: the daemon is asked with
+    asyncio's streams, the binary runs as an asyncio subprocess, so
+    qubesd's event loop goes on meanwhile."""
+    verdict = await _ask_daemon_async(kind, facts)
+    if verdict is not None:
+        _judge(kind, verdict, vm)
+        return
     try:
         proc = await asyncio.create_subprocess_exec(
             _binary(),
