@@ -19,7 +19,7 @@ pub(super) fn handle(svc: &Service, call: &Call) -> Result<Output, ApiError> {
         return Ok(Output::Rendered(svc.sources.available_rendered()?));
     };
     let inventory = svc.sources.inventory()?;
-    let names = svc.sources.pci_names();
+    let names = svc.sources.pci_names_for(&inventory);
     Ok(Output::Devices(device_infos(&inventory, &names, Some(port))))
 }
 

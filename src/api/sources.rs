@@ -165,7 +165,7 @@ impl Sources {
     /// pci.ids.
     pub fn available_rendered(&self) -> Result<Arc<Rendered>, ApiError> {
         let inventory = self.inventory()?;
-        let names = self.pci_names();
+        let names = self.pci_names_for(&inventory);
         let render = || -> Result<Arc<Rendered>, ApiError> {
             Ok(Arc::new(Rendered::new(available::device_infos(
                 &inventory, &names, None,
@@ -188,6 +188,17 @@ impl Sources {
     }
 
     /// pci.ids, indexed again only when the file changed.
+    /// The names for `inventory`'s devices: the kept index in the daemon;
+    /// in a process that answers once, only what names these devices
+    /// (see [`PciNames::load_for`]).
+    pub fn pci_names_for(&self, inventory: &Inventory) -> Arc<PciNames> {
+        if self.kept.is_some() {
+            return self.pci_names();
+        }
+        let vendors = inventory.devices.iter().filter_map(|d| d.vendor).collect();
+        Arc::new(PciNames::load_for(self.config.pci_ids.as_deref(), &vendors))
+    }
+
     pub fn pci_names(&self) -> Arc<PciNames> {
         let explicit = self.config.pci_ids.as_deref();
         let loaded: Result<_, std::convert::Infallible> = through(

@@ -170,7 +170,7 @@ fn qubes_unknown(e: &qubes_pci_admin::ApiError) -> anyhow::Error {
 
 pub fn list(svc: &Service, json: bool) -> anyhow::Result<()> {
     let inventory = Inventory::scan(&svc.sources.config.sysfs)?;
-    let infos = qubes_pci_admin::api::device_infos(&inventory, &svc.sources.pci_names(), None);
+    let infos = qubes_pci_admin::api::device_infos(&inventory, &svc.sources.pci_names_for(&inventory), None);
     let xml = svc.sources.qubes_xml().map_err(|e| record_unreadable(&e))?;
     let system = svc.sources.system_info().map_err(|e| qubes_unknown(&e))?;
     let mut attached = Vec::new();

@@ -60,6 +60,28 @@ impl PciNames {
         PciNames::builtin()
     }
 
+    /// [`PciNames::load`] for a process that answers once: only what names
+    /// the devices present is kept. The file is read through one reused
+    /// buffer and every line is looked at by its first bytes; kept are the
+    /// vendor lines, the device lines of the `vendors` given, and the
+    /// class section, so a lookup for these gives what the whole file
+    /// gives, without copying and indexing the whole 1.5 MB.
+    pub fn load_for(explicit: Option<&Path>, vendors: &std::collections::BTreeSet<u16>) -> PciNames {
+        for path in PciNames::candidates(explicit) {
+            match std::fs::File::open(&path).and_then(|f| select(f.take(MAX_PCI_IDS), vendors)) {
+                Ok(kept) => return PciNames::index(Cow::Owned(kept), Some(path)),
+                Err(e) if explicit.is_some() => {
+                    tracing::warn!(path = %path.display(), "cannot read pci.ids ({e}); using the built-in copy");
+                }
+                Err(_) => {}
+            }
+        }
+        match select(BUILTIN, vendors) {
+            Ok(kept) => PciNames::index(Cow::Owned(kept), None),
+            Err(_) => PciNames::builtin(),
+        }
+    }
+
     /// The copy built into the binary.
     pub fn builtin() -> PciNames {
         PciNames::index(Cow::Borrowed(BUILTIN), None)
@@ -162,6 +184,68 @@ impl PciNames {
     }
 }
 
+/// The lines of pci.ids text that name `vendors`' devices, every vendor
+/// and every class (see [`PciNames::load_for`]), read in chunks.
+fn select(mut from: impl Read, vendors: &std::collections::BTreeSet<u16>) -> std::io::Result<Vec<u8>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Section {
+        Kept,
+        Skipped,
+    }
+    let mut kept = Vec::with_capacity(64 << 10);
+    let mut section = Section::Skipped;
+    let mut keep_line = |line: &[u8], kept: &mut Vec<u8>| {
+        let keep = match line {
+            [] | [b'#', ..] | [b'\t', b'\t', ..] => false,
+            [b'\t', ..] => section == Section::Kept,
+            [b'C', b' ', ..] => {
+                section = Section::Kept;
+                true
+            }
+            _ => {
+                // A vendor line (or a malformed one, kept so that it ends
+                // the section before it, as in the whole file).
+                let wanted = id_and_name(line, 4).is_some_and(|(v, _)| u16::try_from(v).is_ok_and(|v| vendors.contains(&v)));
+                section = if wanted { Section::Kept } else { Section::Skipped };
+                true
+            }
+        };
+        if keep {
+            kept.extend_from_slice(line);
+            kept.push(b'\n');
+        }
+    };
+    let mut buf = vec![0u8; 64 << 10];
+    // The part of a line the previous chunk ended in.
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = buf.get(..n).unwrap_or_default();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', chunk) {
+            let piece = chunk.get(start..end).unwrap_or_default();
+            if partial.is_empty() {
+                keep_line(piece, &mut kept);
+            } else {
+                partial.extend_from_slice(piece);
+                keep_line(&partial, &mut kept);
+                partial.clear();
+            }
+            start = end + 1;
+        }
+        partial.extend_from_slice(chunk.get(start..).unwrap_or_default());
+    }
+    if !partial.is_empty() {
+        keep_line(&partial, &mut kept);
+    }
+    Ok(kept)
+}
+
 /// `ID  NAME`: the id of `digits` hex digits and the trimmed name's range
 /// within `s`.
 fn id_and_name(s: &[u8], digits: usize) -> Option<(u32, Range<usize>)> {
@@ -207,6 +291,41 @@ mod tests {
         assert_eq!(n.vendor(0x8086).as_deref(), Some(""));
         assert_eq!(n.device(0x1af4, 0x1000).as_deref(), Some("Virtio"));
         assert_eq!(n.device(0x8086, 0xffff), None);
+    }
+
+    /// Names kept for the vendors present are the names the whole file
+    /// gives them, across chunk boundaries and with a duplicate vendor, a
+    /// malformed line and a last line without a newline.
+    #[test]
+    fn a_selective_load_names_the_devices_present_as_the_whole_file_does() {
+        let mut text = String::from(SAMPLE);
+        text.push_str("zzzz  bad\n\tffff  orphan\n8086  Intel again\n\t0001  Second\n");
+        // Long enough that lines straddle the reader's chunks.
+        for v in 0x9000..0x9400u32 {
+            text.push_str(&format!("{v:04x}  Vendor {v:04x}\n\t0001  Device of {v:04x}\n\t\t0001 0002  Sub\n"));
+        }
+        text.push_str("C 0d  Wireless controller\n\t11  Bluetooth");
+        let whole = PciNames::index(Cow::Owned(text.clone().into_bytes()), None);
+        let wanted: std::collections::BTreeSet<u16> = [0x8086, 0x9123, 0x93ff, 0x1234].into();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pci.ids");
+        std::fs::write(&file, &text).unwrap();
+        let some = PciNames::load_for(Some(&file), &wanted);
+        for v in [0x8086u16, 0x10de, 0x9123, 0x93ff, 0x9000, 0x1234, 0x1af4] {
+            assert_eq!(some.vendor(v), whole.vendor(v), "{v:04x}");
+        }
+        for (v, d) in [(0x8086u16, 0x8cb1u16), (0x8086, 0x0001), (0x9123, 1), (0x93ff, 1), (0x8086, 0xffff)] {
+            assert_eq!(some.device(v, d), whole.device(v, d), "{v:04x}:{d:04x}");
+        }
+        assert_eq!(some.device(0x9123, 1).as_deref(), Some("Device of 9123"));
+        // Not asked for: not read.
+        assert_eq!(some.device(0x9000, 1), None);
+        for (c, sc) in [(0x0c, 0x03), (0x0c, 0x30), (0x02, 0), (0x0d, 0x11), (0x03, 0)] {
+            assert_eq!(some.class(c, sc), whole.class(c, sc), "{c:02x}{sc:02x}");
+        }
+        let builtin = PciNames::load_for(Some(&dir.path().join("absent")), &wanted);
+        assert_eq!(builtin.origin, None);
+        assert_eq!(builtin.vendor(0x8086).as_deref(), Some("Intel Corporation"));
     }
 
     #[test]
