@@ -34,8 +34,13 @@ fn static_exec() -> Option<std::path::PathBuf> {
 const ROUNDS: usize = 300;
 
 fn spawn_once(program: &std::path::Path, envs: &[(&str, String)]) -> (Duration, usize) {
+    spawn_with(program, &[], envs)
+}
+
+fn spawn_with(program: &std::path::Path, args: &[&std::ffi::OsStr], envs: &[(&str, String)]) -> (Duration, usize) {
     let start = Instant::now();
     let mut child = Command::new(program)
+        .args(args)
         .env_clear()
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
@@ -133,14 +138,30 @@ fn main() {
         bytes,
         "the thin entry falls back to the same"
     );
-    type Case<'a> = (&'a str, &'a std::path::Path, &'a [(&'a str, String)]);
+    // The copy floor: a process that only writes an answer of the same
+    // size to the same pipe (`cat FILE`).
+    let answer = dir.path().join("answer");
+    std::fs::write(&answer, vec![b'x'; bytes]).expect("write");
+    let cat_args = [answer.as_os_str()];
+    type Case<'a> = (
+        &'a str,
+        &'a std::path::Path,
+        &'a [&'a std::ffi::OsStr],
+        &'a [(&'a str, String)],
+    );
     let mut cases: Vec<Case> = vec![
-        ("/bin/true (spawn floor)", std::path::Path::new("/bin/true"), &base),
-        ("Available, 256 devices, 1.5 MB pci.ids", &link, &with_file),
-        ("Available, 256 devices, built-in pci.ids", &link, &embedded),
-        ("Available, handed to the daemon", &link, &handed),
-        ("thin entry, relayed to the daemon", &thin, &handed),
-        ("thin entry, no daemon (runs the full path)", &thin, &with_file),
+        ("/bin/true (spawn floor)", std::path::Path::new("/bin/true"), &[], &base),
+        (
+            "cat of an answer as long (copy floor)",
+            std::path::Path::new("/bin/cat"),
+            &cat_args,
+            &base,
+        ),
+        ("Available, 256 devices, 1.5 MB pci.ids", &link, &[], &with_file),
+        ("Available, 256 devices, built-in pci.ids", &link, &[], &embedded),
+        ("Available, handed to the daemon", &link, &[], &handed),
+        ("thin entry, relayed to the daemon", &thin, &[], &handed),
+        ("thin entry, no daemon (runs the full path)", &thin, &[], &with_file),
     ];
     if let Some(static_thin) = &static_thin {
         assert_eq!(
@@ -148,17 +169,17 @@ fn main() {
             bytes,
             "the static thin entry relays the same"
         );
-        cases.push(("thin entry (static), relayed to the daemon", static_thin, &handed));
+        cases.push(("thin entry (static), relayed to the daemon", static_thin, &[], &handed));
     }
     let mut results = Vec::new();
     // Interleave the cases so drift on the machine hits all alike.
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
-        for (i, (_, prog, envs)) in cases.iter().enumerate() {
-            samples[i].push(spawn_once(prog, envs).0);
+        for (i, (_, prog, args, envs)) in cases.iter().enumerate() {
+            samples[i].push(spawn_with(prog, args, envs).0);
         }
     }
-    for ((name, _, _), s) in cases.iter().zip(samples) {
+    for ((name, _, _, _), s) in cases.iter().zip(samples) {
         results.push((name, stats(s)));
     }
     let _ = daemon.kill();

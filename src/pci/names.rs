@@ -205,7 +205,8 @@ fn select(mut from: impl Read, vendors: &std::collections::BTreeSet<u16>) -> std
             _ => {
                 // A vendor line (or a malformed one, kept so that it ends
                 // the section before it, as in the whole file).
-                let wanted = id_and_name(line, 4).is_some_and(|(v, _)| u16::try_from(v).is_ok_and(|v| vendors.contains(&v)));
+                let wanted =
+                    id_and_name(line, 4).is_some_and(|(v, _)| u16::try_from(v).is_ok_and(|v| vendors.contains(&v)));
                 section = if wanted { Section::Kept } else { Section::Skipped };
                 true
             }
@@ -302,7 +303,9 @@ mod tests {
         text.push_str("zzzz  bad\n\tffff  orphan\n8086  Intel again\n\t0001  Second\n");
         // Long enough that lines straddle the reader's chunks.
         for v in 0x9000..0x9400u32 {
-            text.push_str(&format!("{v:04x}  Vendor {v:04x}\n\t0001  Device of {v:04x}\n\t\t0001 0002  Sub\n"));
+            text.push_str(&format!(
+                "{v:04x}  Vendor {v:04x}\n\t0001  Device of {v:04x}\n\t\t0001 0002  Sub\n"
+            ));
         }
         text.push_str("C 0d  Wireless controller\n\t11  Bluetooth");
         let whole = PciNames::index(Cow::Owned(text.clone().into_bytes()), None);
@@ -314,7 +317,13 @@ mod tests {
         for v in [0x8086u16, 0x10de, 0x9123, 0x93ff, 0x9000, 0x1234, 0x1af4] {
             assert_eq!(some.vendor(v), whole.vendor(v), "{v:04x}");
         }
-        for (v, d) in [(0x8086u16, 0x8cb1u16), (0x8086, 0x0001), (0x9123, 1), (0x93ff, 1), (0x8086, 0xffff)] {
+        for (v, d) in [
+            (0x8086u16, 0x8cb1u16),
+            (0x8086, 0x0001),
+            (0x9123, 1),
+            (0x93ff, 1),
+            (0x8086, 0xffff),
+        ] {
             assert_eq!(some.device(v, d), whole.device(v, d), "{v:04x}:{d:04x}");
         }
         assert_eq!(some.device(0x9123, 1).as_deref(), Some("Device of 9123"));
