@@ -605,21 +605,7 @@ fn hands_calls_to_the_daemon(kind: EntryKind) {
     assert!(own.stdout.starts_with(b"0\0") && own.stdout.len() > 100, "{kind:?}");
 
     let socket = env.handoff_socket();
-    let mut daemon = Command::new(BIN)
-        .env_clear()
-        .env("QUBES_PCI_ADMIN_LOG", "off")
-        .envs(env.envs())
-        .args(["serve", "--echo", "--socket"])
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut daemon = serve_on_handoff(&env, &["--echo"], &[]);
     // The echo daemon answers `0\0` and the payload: the call went there.
     assert_eq!(call().stdout, b"0\0", "{kind:?}");
     assert_eq!(exec("mgmt", b"payload").stdout, b"0\0payload", "{kind:?}");
@@ -656,6 +642,31 @@ fn hands_calls_to_the_daemon(kind: EntryKind) {
     assert!(text.contains("check with qvm-pci list"), "{text:?}");
     assert_eq!(broken.status.code(), Some(0));
     let _ = std::fs::remove_file(&socket);
+}
+
+/// A daemon (`serve EXTRA…`) on the socket exec mode hands calls to, once
+/// it accepts connections.
+fn serve_on_handoff(env: &TestEnv, extra: &[&str], vars: &[(&str, &str)]) -> Child {
+    let socket = env.handoff_socket();
+    let daemon = Command::new(BIN)
+        .env_clear()
+        .env("QUBES_PCI_ADMIN_LOG", "off")
+        .envs(env.envs())
+        .envs(vars.iter().copied())
+        .arg("serve")
+        .args(extra)
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon
 }
 
 /// The qubesd extension's rule check through the daemon: a verdict for
@@ -700,23 +711,7 @@ fn the_daemon_answers_the_extensions_rule_checks_for_dom0_only() {
 #[test]
 fn the_thin_entry_relays_the_daemons_deadline_to_a_caller_that_never_finishes() {
     let env = policy_env();
-    let socket = env.handoff_socket();
-    let mut daemon = Command::new(BIN)
-        .env_clear()
-        .env("QUBES_PCI_ADMIN_LOG", "off")
-        .env("QUBES_PCI_ADMIN_READ_DEADLINE_MS", "300")
-        .envs(env.envs())
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut daemon = serve_on_handoff(&env, &[], &[("QUBES_PCI_ADMIN_READ_DEADLINE_MS", "300")]);
     let mut c = env.exec_command(
         EntryKind::Thin,
         "admin.vm.device.pci.Assign",
