@@ -661,11 +661,7 @@ fn serve_on_handoff(env: &TestEnv, extra: &[&str], vars: &[(&str, &str)]) -> Chi
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_socket(&socket);
     daemon
 }
 

@@ -57,15 +57,13 @@ fn the_extension_asks_the_binary_and_raises_its_refusals() {
     // is kept, then checked against the contract.
     let facts = tempfile::tempdir().unwrap();
     let recorder = facts.path().join("qubes-pci-admin");
-    std::fs::write(
+    common::write_script(
         &recorder,
-        format!(
+        &format!(
             "#!/bin/sh\ntee \"{}/$2.$$.json\" | exec \"{BIN}\" \"$@\"\n",
             facts.path().display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&recorder, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     // First with no daemon (every check runs the binary, through the
     // recorder), then with one: the same tests pass, and not one check
     // starts a process.
@@ -102,16 +100,14 @@ fn the_extension_asks_the_binary_and_raises_its_refusals() {
 
     let spawned = tempfile::tempdir().unwrap();
     let counter = spawned.path().join("qubes-pci-admin");
-    std::fs::write(
+    common::write_script(
         &counter,
-        format!(
+        &format!(
             // Runs the fallback test asks for are marked as such.
             "#!/bin/sh\ntouch \"{}/$2.$$.${{FALLBACK_EXPECTED:-ran}}\"\nexec \"{BIN}\" \"$@\"\n",
             spawned.path().display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&counter, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let mut daemon = Command::new(BIN)
         .env_clear()
         .env("QUBES_PCI_ADMIN_LOG", "off")
@@ -124,11 +120,7 @@ fn the_extension_asks_the_binary_and_raises_its_refusals() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&daemon_socket).is_err() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_for_socket(&daemon_socket);
     run_suite(&counter, &daemon_socket);
     daemon.kill().unwrap();
     daemon.wait().unwrap();
